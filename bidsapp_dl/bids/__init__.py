@@ -1,0 +1,1 @@
+"""BIDS input: indexing with pybids, filters, validation."""

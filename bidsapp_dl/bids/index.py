@@ -1,0 +1,205 @@
+"""Find the input images with pybids: labels, filters, derivatives, a reusable index.
+
+Only the selected participants are indexed (a regular expression hides the others from
+pybids), unless a ``--bids-database-dir`` is being written, which then holds every participant
+so that later jobs can reuse it.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+import shutil
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ..errors import DataError, InputMissingError, NoImagesError, UsageError
+
+log = logging.getLogger(__name__)
+
+DEFAULT_QUERY: dict[str, Any] = {"datatype": "anat", "suffix": "T1w",
+                                 "extension": [".nii", ".nii.gz"]}
+KNOWN_QUERIES = ("t1w",)
+
+
+@dataclass(frozen=True)
+class ImageRecord:
+    """One selected input image."""
+
+    path: Path                      # absolute path of the image
+    dataset: str                    # "raw" or the derivative dataset's name (BIDS URI key)
+    root: Path                      # root of the dataset holding it
+    entities: dict[str, Any] = field(hash=False)   # pybids long names: subject, session, ...
+
+    @property
+    def relpath(self) -> str:
+        return self.path.relative_to(self.root).as_posix()
+
+    @property
+    def subject(self) -> str:
+        return str(self.entities["subject"])
+
+    @property
+    def session(self) -> str | None:
+        ses = self.entities.get("session")
+        return None if ses is None else str(ses)
+
+    @property
+    def uri(self) -> str:
+        return f"bids:{self.dataset}:{self.relpath}"
+
+
+def labels_in(root: Path, prefix: str) -> list[str]:
+    """Labels of the ``prefix*`` folders directly under ``root`` (symlinks followed)."""
+    return sorted(p.name[len(prefix):] for p in root.glob(f"{prefix}*") if p.is_dir())
+
+
+def _listing(labels: list[str], prefix: str, limit: int = 20) -> str:
+    shown = ", ".join(prefix + x for x in labels[:limit])
+    return shown + (f" and {len(labels) - limit} more" if len(labels) > limit else "") or "none"
+
+
+def resolve_participants(roots: list[Path], requested: list[str]) -> list[str]:
+    """The participants to process; unknown labels are an error that lists the known ones."""
+    known = sorted(set().union(*(labels_in(r, "sub-") for r in roots)))
+    if not requested:
+        if not known:
+            raise InputMissingError(f"no sub-* folder in {', '.join(map(str, roots))}; is this "
+                                    "a BIDS dataset (and mounted in the container)?")
+        return known
+    missing = [x for x in requested if x not in known]
+    if missing:
+        raise InputMissingError(
+            f"participant(s) {_listing(missing, 'sub-')} not found in {roots[0]}; the dataset has "
+            f"{_listing(known, 'sub-')} (in a container, check the mounts)")
+    return requested
+
+
+def check_sessions(roots: list[Path], participants: list[str], requested: list[str]) -> None:
+    """Unknown session labels are an error that lists the sessions of those participants."""
+    if not requested:
+        return
+    known = sorted({s for r in roots for p in participants for s in labels_in(r / f"sub-{p}", "ses-")})
+    missing = [x for x in requested if x not in known]
+    if missing:
+        raise InputMissingError(
+            f"session(s) {_listing(missing, 'ses-')} not found for the selected participants; "
+            f"they have {_listing(known, 'ses-')}")
+
+
+def load_filters(path: str | None) -> dict[str, Any]:
+    """The image query: the default one updated by the ``t1w`` entry of a filter file."""
+    query = dict(DEFAULT_QUERY)
+    if not path:
+        return query
+    from bids.layout import Query
+
+    def hook(obj: dict) -> dict:
+        return {k: Query.NONE if v is None else Query.ANY if v == "*" else v for k, v in obj.items()}
+
+    try:
+        filters = json.loads(Path(path).read_text(encoding="utf-8-sig"), object_hook=hook)
+    except OSError as exc:
+        raise UsageError(f"--bids-filter-file {path}: cannot read it ({exc.strerror})") from exc
+    except ValueError as exc:
+        raise UsageError(f"--bids-filter-file {path}: not valid JSON ({exc})") from exc
+    if not isinstance(filters, dict) or not all(isinstance(v, dict) for v in filters.values()):
+        raise UsageError(f"--bids-filter-file {path}: expected {{\"t1w\": {{entity: value}}}}")
+    for other in set(filters) - set(KNOWN_QUERIES):
+        log.warning("--bids-filter-file: query '%s' is not used (neurodl reads %s)", other,
+                    ", ".join(KNOWN_QUERIES))
+    query.update(filters.get("t1w", {}))
+    return query
+
+
+def _describe(query: dict[str, Any]) -> str:
+    return ", ".join(f"{k}={v}" for k, v in query.items())
+
+
+def _dataset_name(root: Path) -> str:
+    """A derivative's name for BIDS URIs: its folder name, made a safe key."""
+    return re.sub(r"[^A-Za-z0-9_-]", "", root.name) or "derivative"
+
+
+def _check_derivative(root: Path) -> None:
+    desc = root / "dataset_description.json"
+    if not root.is_dir():
+        raise InputMissingError(f"--derivatives {root}: no such folder")
+    if not desc.is_file():
+        raise InputMissingError(
+            f"--derivatives {root}: no dataset_description.json; a BIDS derivative dataset needs "
+            "one with Name, BIDSVersion and GeneratedBy")
+    try:
+        meta = json.loads(desc.read_text(encoding="utf-8-sig"))
+    except ValueError as exc:
+        raise DataError(f"{desc}: not valid JSON ({exc})") from exc
+    if not (meta.get("GeneratedBy") or meta.get("PipelineDescription")):
+        raise DataError(f"{desc}: no GeneratedBy; add \"GeneratedBy\": [{{\"Name\": \"<pipeline>\"}}] "
+                        "so that the derivative can be indexed")
+
+
+def _layout(root: Path, participants: list[str], is_derivative: bool, db_dir: Path | None):
+    from bids import BIDSLayout, BIDSLayoutIndexer
+
+    ignore: list[Any] = ["code", "stimuli", "sourcedata", "models", "derivatives",
+                         re.compile(r"^/\.")]
+    if db_dir is None:  # hide the other participants from the indexer: much faster
+        alternatives = "|".join(map(re.escape, participants))
+        ignore.append(re.compile(rf"^/sub-(?!(?:{alternatives})(?:/|$))"))
+    indexer = BIDSLayoutIndexer(validate=False, ignore=ignore, index_metadata=False)
+    if db_dir is None:
+        return BIDSLayout(root, validate=False, is_derivative=is_derivative, indexer=indexer)
+    db = db_dir / _dataset_name(root) if is_derivative else db_dir / "raw"
+    if db.exists():
+        log.info("reusing the pybids index in %s", db)
+        return BIDSLayout(root, validate=False, is_derivative=is_derivative, database_path=db)
+    # build it beside its final place, then rename: concurrent jobs never see half an index
+    db.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{db.name}.", dir=db.parent))
+    layout = BIDSLayout(root, validate=False, is_derivative=is_derivative, indexer=indexer,
+                        database_path=tmp)
+    try:
+        tmp.rename(db)
+        log.info("wrote the pybids index to %s", db)
+    except OSError:  # another job won the race: theirs is as good
+        shutil.rmtree(tmp, ignore_errors=True)
+    return layout
+
+
+def select_images(bids_dir: Path, participants: list[str], sessions: list[str],
+                  query: dict[str, Any], derivatives: list[Path], space: str | None,
+                  desc: str | None, db_dir: Path | None) -> list[ImageRecord]:
+    """Every image matching the query for these participants, sorted by path."""
+    query = dict(query)
+    if space:
+        query["space"] = space
+    if desc:
+        query["desc"] = desc
+    if sessions:
+        query["session"] = sessions
+    sources = [(d, _dataset_name(d), True) for d in derivatives] or [(bids_dir, "raw", False)]
+    for root, _, is_derivative in sources:
+        if is_derivative:
+            _check_derivative(root)
+    records = []
+    for root, name, is_derivative in sources:
+        layout = _layout(root, participants, is_derivative, db_dir)
+        try:
+            files = layout.get(return_type="object", subject=participants, **query)
+        except (ValueError, KeyError) as exc:
+            raise UsageError(f"the image query ({_describe(query)}) is not valid for {root}: "
+                             f"{exc}") from exc
+        for f in files:
+            ents = f.get_entities()
+            if "subject" not in ents:
+                continue
+            records.append(ImageRecord(Path(f.path), name, root, ents))
+    if not records:
+        where = ", ".join(str(r) for r, _, _ in sources)
+        raise NoImagesError(
+            f"no image matches {_describe(query)} for {_listing(participants, 'sub-')} in "
+            f"{where}; check --bids-filter-file, --space/--desc, --session-label")
+    return sorted(records, key=lambda r: str(r.path))

@@ -1,0 +1,1 @@
+"""Command line: the options definition and the entry point."""

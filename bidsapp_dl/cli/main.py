@@ -1,0 +1,98 @@
+"""Entry point: parse, set up logging, dispatch to a level, turn errors into exit codes.
+
+This is the only place where exceptions become exit codes (SPEC section 5) and where logging
+is configured. Heavy modules (pybids, torch) are imported by the levels, never here.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+import time
+from pathlib import Path
+
+from ..errors import NeurodlError, OutputError
+
+log = logging.getLogger("bidsapp_dl")
+
+
+def _setup_logging(verbosity: int) -> None:
+    level = logging.DEBUG if verbosity >= 1 else logging.INFO
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(asctime)s [%(levelname)s] %(message)s", "%H:%M:%S"))
+    handler.setLevel(level)
+    log.handlers[:] = [handler]
+    log.setLevel(logging.DEBUG)
+    log.propagate = False
+    # pybids and nibabel talk a lot at INFO
+    for noisy in ("bids", "nibabel"):
+        logging.getLogger(noisy).setLevel(logging.WARNING if verbosity < 2 else logging.DEBUG)
+
+
+def _log_to_file(output_dir: Path, level: str) -> Path | None:
+    """One log file per run under OUTPUT_DIR/logs (DEBUG level, whatever the console shows)."""
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    path = output_dir / "logs" / f"{level}-{stamp}-{os.getpid()}.log"
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        handler = logging.FileHandler(path, encoding="utf-8")
+    except OSError as exc:
+        raise OutputError(
+            f"cannot write in OUTPUT_DIR {output_dir} ({exc.strerror}); check that it exists "
+            "or can be created, and that it is writable (mount it read-write in a container)"
+        ) from exc
+    handler.setFormatter(logging.Formatter("%(asctime)s %(processName)s [%(levelname)s] "
+                                           "%(name)s: %(message)s"))
+    handler.setLevel(logging.DEBUG)
+    log.addHandler(handler)
+    return path
+
+
+def _fail(message: str, code: int) -> int:
+    print(f"neurodl: error: {message}", file=sys.stderr)
+    return code
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run neurodl; returns the exit code."""
+    from .options import parse_args, resolved
+
+    log_path = None
+    try:
+        try:
+            opts, verbosity = parse_args(argv)
+        except SystemExit as exc:  # argparse: --help, --version, or a usage error (64)
+            return exc.code if isinstance(exc.code, int) else 64
+        _setup_logging(verbosity)
+        if not opts.bids_path.is_dir():
+            from ..errors import InputMissingError
+
+            raise InputMissingError(
+                f"BIDS_DIR {opts.bids_dir} does not exist or is not a folder (in a container, "
+                "check that it is mounted, e.g. -v /path/to/bids:/data:ro)")
+        log_path = _log_to_file(opts.output_path, opts.analysis_level)
+        from .. import __version__
+
+        log.info("neurodl %s, %s level, BIDS_DIR %s, OUTPUT_DIR %s", __version__,
+                 opts.analysis_level, opts.bids_path, opts.output_path)
+        log.debug("options: %s", resolved(opts))
+        if opts.analysis_level == "participant":
+            from ..extract.participant import run_participant
+
+            run_participant(opts)
+        else:
+            from ..errors import UsageError
+
+            raise UsageError("the group level is not available in this version of neurodl; "
+                             "run the participant level")
+        return 0
+    except NeurodlError as exc:
+        log.debug("failed", exc_info=True)
+        return _fail(str(exc), exc.exit_code)
+    except KeyboardInterrupt:
+        return _fail("interrupted; run the same command again to continue", 130)
+    except Exception as exc:  # the one place that catches everything, to log it
+        log.error("unexpected failure", exc_info=True)
+        where = f" (traceback in {log_path})" if log_path else ""
+        return _fail(f"unexpected {type(exc).__name__}: {exc}{where}; please report it", 1)

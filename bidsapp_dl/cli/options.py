@@ -1,0 +1,327 @@
+"""The one definition of the command line: every flag, default and help text lives here.
+
+Built with argparse-dataclass from the frozen ``Options`` dataclass. Nothing heavy is imported,
+so ``--help`` and ``--version`` answer at once.
+"""
+
+# no "from __future__ import annotations": argparse-dataclass reads the real types
+
+import argparse
+import difflib
+import json
+import os
+import re
+import sys
+from dataclasses import MISSING, dataclass, field, fields, replace
+from pathlib import Path
+from typing import Any, Literal, Optional
+
+from argparse_dataclass import ArgumentParser
+
+from .. import __version__
+from ..errors import AnalysisLevelError, UsageError
+
+ANALYSIS_LEVELS = ("participant", "group")
+LABEL_RE = re.compile(r"^[A-Za-z0-9]+$")
+
+
+def _opt(help: str, group: str = "common", **meta: Any) -> dict:
+    return dict(help=help, group=group, **meta)
+
+
+@dataclass(frozen=True)
+class Options:
+    """Every option of the command line, with its default and help text."""
+
+    bids_dir: str = field(metadata=_opt("the root of the BIDS dataset", "positional",
+                                        args=["bids_dir"], metavar="BIDS_DIR"))
+    output_dir: str = field(metadata=_opt(
+        "where the derivative dataset is written (e.g. BIDS_DIR/derivatives/neurodl)",
+        "positional", args=["output_dir"], metavar="OUTPUT_DIR"))
+    analysis_level: str = field(metadata=_opt(
+        "participant: convert every selected image into a tensor; group: split, train, evaluate",
+        "positional", args=["analysis_level"], metavar="{participant,group}"))
+
+    # --- which data ------------------------------------------------------------------------
+    participant_label: list[str] = field(default_factory=list, metadata=_opt(
+        "participant labels, with or without 'sub-' (default: all)", "selection",
+        args=["--participant-label", "--participant_label"], nargs="+", metavar="LABEL"))
+    session_label: list[str] = field(default_factory=list, metadata=_opt(
+        "session labels, with or without 'ses-' (default: all)", "selection",
+        args=["--session-label", "--session_label"], nargs="+", metavar="LABEL"))
+    bids_filter_file: Optional[str] = field(default=None, metadata=_opt(
+        "JSON file {query: {entity: value}} as in fMRIPrep; query 't1w' selects the input images "
+        "(default {\"datatype\": \"anat\", \"suffix\": \"T1w\"}); null = entity absent, \"*\" = any",
+        "selection", metavar="FILE"))
+    derivatives: list[str] = field(default_factory=list, metadata=_opt(
+        "take the input images from these preprocessed derivative datasets (fMRIPrep, Clinica, "
+        "FastSurfer...) instead of the raw data", "selection", nargs="+", metavar="PATH"))
+    space: Optional[str] = field(default=None, metadata=_opt(
+        "with --derivatives: the 'space' entity of the images to take (e.g. MNI152NLin2009cAsym)",
+        "selection"))
+    desc: Optional[str] = field(default=None, metadata=_opt(
+        "with --derivatives: the 'desc' entity of the images to take (e.g. preproc)", "selection"))
+    skip_bids_validation: bool = field(default=False, metadata=_opt(
+        "do not validate BIDS_DIR", "selection"))
+    bids_database_dir: Optional[str] = field(default=None, metadata=_opt(
+        "where the pybids index is kept: reused when present, written when absent", "selection",
+        metavar="DIR"))
+
+    # --- resources -------------------------------------------------------------------------
+    work_dir: Optional[str] = field(default=None, metadata=_opt(
+        "scratch space (default: a temporary folder)", "resources", args=["-w", "--work-dir"],
+        metavar="DIR"))
+    nprocs: Optional[int] = field(default=None, metadata=_opt(
+        "number of processes (default: the CPUs available to this process)", "resources",
+        args=["--nprocs", "--n-cpus", "--n_cpus"], metavar="N"))
+    device: str = field(default="auto", metadata=_opt(
+        "auto, cpu, cuda or cuda:N", "resources"))
+    seed: Optional[int] = field(default=None, metadata=_opt(
+        "the master seed from which every random generator is derived (default: drawn at "
+        "random and recorded)", "resources", metavar="INT"))
+    config: Optional[str] = field(default=None, metadata=_opt(
+        "TOML or JSON file with the same keys as these options; the command line wins",
+        "resources", metavar="FILE"))
+    overwrite: bool = field(default=False, metadata=_opt(
+        "redo work that is already done and up to date", "resources"))
+
+    # --- participant level -----------------------------------------------------------------
+    preprocessing: Literal["minimal", "none"] = field(default="minimal", metadata=_opt(
+        "minimal: canonical RAS orientation, isotropic resampling, crop/pad centred on the head, "
+        "intensity normalisation; none: take (derivative) images as they are", "participant"))
+    voxel_size: float = field(default=1.0, metadata=_opt(
+        "isotropic voxel size of the tensors in mm (minimal preprocessing)", "participant",
+        metavar="MM"))
+    target_shape: list[int] = field(default_factory=lambda: [169, 208, 179], metadata=_opt(
+        "tensor shape in voxels, centred on the head (minimal preprocessing)", "participant",
+        nargs=3, metavar=("X", "Y", "Z")))
+    normalization: Literal["robust-minmax", "zscore", "minmax", "none"] = field(
+        default="robust-minmax", metadata=_opt(
+            "intensity normalisation over the head: robust-minmax maps the 0.5-99.5th "
+            "percentiles to 0-1", "participant"))
+    dtype: Literal["float32", "float16"] = field(default="float32", metadata=_opt(
+        "data type of the stored tensors (float16 halves disk and memory)", "participant"))
+    skip_bad_images: bool = field(default=False, metadata=_opt(
+        "skip unreadable or unusable images with a warning (listed in logs/) instead of failing",
+        "participant"))
+
+    @property
+    def bids_path(self) -> Path:
+        return Path(self.bids_dir).expanduser().absolute()
+
+    @property
+    def output_path(self) -> Path:
+        return Path(self.output_dir).expanduser().absolute()
+
+    @property
+    def n_workers(self) -> int:
+        if self.nprocs is not None:
+            return self.nprocs
+        return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+
+
+GROUP_TITLES = {
+    "selection": "data selection",
+    "resources": "resources and run control",
+    "participant": "participant level (tensor extraction)",
+}
+CLI_FIELDS = list(fields(Options))
+OPTION_NAMES = {f.name for f in CLI_FIELDS}
+
+
+class Parser(ArgumentParser):
+    """argparse with exit code 64 and "did you mean" for bad choices and unknown options."""
+
+    def error(self, message: str) -> None:  # noqa: D102 - argparse API
+        hint = _suggestion(message, self)
+        self.print_usage(sys.stderr)
+        self.exit(UsageError.exit_code, f"{self.prog}: error: {message}{hint}\n")
+
+
+def _suggestion(message: str, parser: argparse.ArgumentParser) -> str:
+    choice = re.search(r"invalid choice: '([^']*)' \(choose from (.*)\)", message)
+    if choice:
+        options = re.findall(r"'?([^',\s]+)'?", choice.group(2))
+        close = difflib.get_close_matches(choice.group(1), options, n=1, cutoff=0.5)
+        return f"; did you mean '{close[0]}'?" if close else ""
+    unknown = re.search(r"unrecognized arguments: (.*)", message)
+    if unknown:
+        known = [s for a in parser._actions for s in a.option_strings]
+        hints = []
+        for token in unknown.group(1).split():
+            if token.startswith("-"):
+                close = difflib.get_close_matches(token.split("=")[0], known, n=1, cutoff=0.6)
+                if close:
+                    hints.append(f"'{close[0]}' for '{token}'")
+        return f"; did you mean {', '.join(hints)}?" if hints else ""
+    return ""
+
+
+def build_parser() -> Parser:
+    """The parser: positionals, then one argument group per concern."""
+    parser = Parser(
+        Options, prog="neurodl", allow_abbrev=False,
+        description="neurodl: reproducible, leakage-proof deep learning on BIDS datasets "
+                    "(a BIDS App). Participant level: every selected image becomes a "
+                    "memory-mapped tensor. Group level: split, train, evaluate, into a MAPS.",
+    )
+    # argparse-dataclass adds every field to the parser itself; regroup them for --help
+    by_dest = {a.dest: a for a in parser._actions}
+    groups = {key: parser.add_argument_group(title) for key, title in GROUP_TITLES.items()}
+    for f in CLI_FIELDS:
+        key = f.metadata["group"]
+        if key in groups:
+            action = by_dest[f.name]
+            parser._optionals._group_actions.remove(action)
+            groups[key]._group_actions.append(action)
+            action.default = MISSING
+            action.help = _with_default(f)
+    parser.add_argument("-v", "--verbose", action="count", default=0,
+                        help="more messages (repeat for more)")
+    parser.add_argument("--version", action="version", version=f"neurodl {__version__}")
+    return parser
+
+
+def _with_default(f) -> str:
+    """Help text plus the dataclass default, unless the text already speaks of it."""
+    text = f.metadata["help"]
+    default = f.default_factory() if f.default is MISSING else f.default
+    if "default" in text or default in (None, False, [], MISSING):
+        return text
+    shown = " ".join(map(str, default)) if isinstance(default, list) else default
+    return f"{text} (default: {shown})"
+
+
+def _explicit(parser: Parser, argv: list[str]) -> dict[str, Any]:
+    """The options given explicitly (argparse-dataclass would fill in the defaults)."""
+    namespace, extras = argparse.ArgumentParser.parse_known_args(parser, argv)
+    if extras:
+        parser.error(f"unrecognized arguments: {' '.join(extras)}")
+    return {k: v for k, v in vars(namespace).items() if v is not MISSING}
+
+
+def read_config(path: str) -> dict[str, Any]:
+    """Read a TOML or JSON config; keys may use dashes or underscores."""
+    p = Path(path).expanduser()
+    if not p.is_file():
+        raise UsageError(f"--config {path}: no such file")
+    text = p.read_text(encoding="utf-8-sig")
+    try:
+        if p.suffix.lower() == ".json":
+            data = json.loads(text)
+        else:
+            import tomllib
+
+            data = tomllib.loads(text)
+    except ValueError as exc:
+        raise UsageError(f"--config {path}: cannot parse it ({exc}); expected TOML or JSON") from exc
+    if not isinstance(data, dict):
+        raise UsageError(f"--config {path}: expected a table of options, found {type(data).__name__}")
+    data = data.get("options", data)  # a maps.json keeps its options in one table
+    out = {}
+    for key, value in data.items():
+        name = key.replace("-", "_")
+        if name not in OPTION_NAMES:
+            close = difflib.get_close_matches(name, sorted(OPTION_NAMES), n=1)
+            hint = f"; did you mean '{close[0]}'?" if close else ""
+            raise UsageError(f"--config {path}: unknown option '{key}'{hint}")
+        out[name] = value
+    return out
+
+
+def _config_tokens(config: dict[str, Any]) -> list[str]:
+    """Turn config values into command-line tokens, so argparse checks them the same way."""
+    by_name = {f.name: f for f in CLI_FIELDS}
+    tokens: list[str] = []
+    for name, value in config.items():
+        f = by_name[name]
+        if f.metadata.get("group") == "positional" or name == "config" or value is None:
+            continue
+        flag = f.metadata.get("args", [f"--{name.replace('_', '-')}"])[0]
+        if isinstance(value, bool):
+            if value:
+                tokens.append(flag)
+        elif isinstance(value, (list, tuple)):
+            if value:
+                tokens += [flag, *map(str, value)]
+        else:
+            tokens += [flag, str(value)]
+    return tokens
+
+
+def parse_args(argv: list[str] | None = None) -> tuple[Options, int]:
+    """Parse the command line (and ``--config``) into checked ``Options`` and a verbosity."""
+    parser = build_parser()
+    argv = list(sys.argv[1:] if argv is None else argv)
+    cli = _explicit(parser, argv)
+    values: dict[str, Any] = {}
+    if cli.get("config"):
+        config = read_config(cli["config"])
+        positionals = [cli["bids_dir"], cli["output_dir"], cli["analysis_level"]]
+        config_parser = build_parser()
+        config_parser.prog = f"neurodl (in {cli['config']})"
+        values = _explicit(config_parser, positionals + _config_tokens(config))
+    values.update(cli)
+    verbosity = values.pop("verbose", 0)
+    return check(Options(**values)), verbosity
+
+
+def strip_label(label: str, prefix: str) -> str:
+    """'sub-01' -> '01'; refuse anything that could become a path component."""
+    value = label[len(prefix):] if label.startswith(prefix) else label
+    if not LABEL_RE.match(value):
+        raise UsageError(
+            f"label '{label}' is not a valid BIDS label: only letters and digits may follow "
+            f"'{prefix}' (e.g. {prefix}01)")
+    return value
+
+
+def _is_relative_to(path: Path, other: Path) -> bool:
+    try:
+        path.relative_to(other)
+    except ValueError:
+        return False
+    return True
+
+
+def check(opts: Options) -> Options:
+    """Normalise labels and refuse option combinations that cannot work."""
+    if opts.analysis_level not in ANALYSIS_LEVELS:
+        close = difflib.get_close_matches(opts.analysis_level, ANALYSIS_LEVELS, n=1)
+        hint = f"; did you mean '{close[0]}'?" if close else ""
+        raise AnalysisLevelError(
+            f"unknown analysis level '{opts.analysis_level}': expected participant or group{hint}")
+    opts = replace(
+        opts,
+        participant_label=list(dict.fromkeys(strip_label(x, "sub-") for x in opts.participant_label)),
+        session_label=list(dict.fromkeys(strip_label(x, "ses-") for x in opts.session_label)),
+    )
+    bids, out = opts.bids_path.resolve(), opts.output_path.resolve()
+    suggestion = bids / "derivatives" / "neurodl"
+    if out == bids:
+        raise UsageError(f"OUTPUT_DIR must not be BIDS_DIR ({bids}); use e.g. {suggestion}")
+    if _is_relative_to(out, bids) and not _is_relative_to(out, bids / "derivatives"):
+        raise UsageError(f"OUTPUT_DIR {out} is inside BIDS_DIR but not under its derivatives/ "
+                         f"folder, which would corrupt the raw dataset; use e.g. {suggestion}")
+    if opts.work_dir and _is_relative_to(Path(opts.work_dir).resolve(), bids):
+        raise UsageError(f"--work-dir {opts.work_dir} is inside BIDS_DIR; put it elsewhere")
+    if opts.nprocs is not None and opts.nprocs < 1:
+        raise UsageError(f"--nprocs {opts.nprocs}: must be at least 1")
+    if opts.voxel_size <= 0:
+        raise UsageError(f"--voxel-size {opts.voxel_size}: must be positive")
+    if any(n < 1 for n in opts.target_shape):
+        raise UsageError(f"--target-shape {opts.target_shape}: every size must be at least 1")
+    if not re.fullmatch(r"auto|cpu|cuda(:\d+)?", opts.device):
+        raise UsageError(f"--device {opts.device}: expected auto, cpu, cuda or cuda:N")
+    for name in ("space", "desc"):
+        value = getattr(opts, name)
+        if value is not None and not LABEL_RE.match(value):
+            raise UsageError(f"--{name} {value}: only letters and digits are allowed")
+    if (opts.space or opts.desc) and not opts.derivatives:
+        raise UsageError("--space and --desc filter derivative images: give --derivatives too")
+    return opts
+
+
+def resolved(opts: Options) -> dict[str, Any]:
+    """Every option with its value, defaults included (what maps.json and logs record)."""
+    return {f.name: getattr(opts, f.name) for f in fields(opts)}

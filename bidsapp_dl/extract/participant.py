@@ -1,0 +1,139 @@
+"""The participant level: every selected image becomes a tensor, once.
+
+Images are independent, so they are spread over ``--nprocs`` processes. An image already
+extracted from the same source bytes with the same parameters is skipped; one that changed is
+redone. A bad image fails the run (exit 65) after the others are done, or is skipped with
+``--skip-bad-images``.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+from ..bids import index
+from ..bids.validate import validate
+from ..cli.options import Options
+from ..errors import BadImageError
+from ..maps.io import sha256_file, write_json, write_text
+from . import store
+from .preprocess import PreprocessingParams, load_image, preprocess
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Outcome:
+    """What happened to one image."""
+
+    source: str
+    status: str          # extracted | skipped | bad
+    message: str = ""
+    seconds: float = 0.0
+    output: str = ""
+
+
+def params_from(opts: Options) -> PreprocessingParams:
+    return PreprocessingParams(
+        preprocessing=opts.preprocessing, voxel_size=opts.voxel_size,
+        target_shape=tuple(opts.target_shape), normalization=opts.normalization, dtype=opts.dtype)
+
+
+def extract_one(record: index.ImageRecord, output_dir: Path, params: PreprocessingParams,
+                overwrite: bool = False) -> Outcome:
+    """Extract one image unless it is up to date; bad images come back as ``bad``."""
+    start = time.perf_counter()
+    tensor, sidecar = store.tensor_paths(output_dir, record)
+    source = str(record.path)
+    try:
+        source_sha = sha256_file(record.path)
+    except OSError as exc:
+        return Outcome(source, "bad", f"{source}: cannot read it ({exc.strerror})")
+    wanted = params.as_dict()
+    if not overwrite and store.is_up_to_date(tensor, sidecar, source_sha, wanted):
+        return Outcome(source, "skipped", output=str(tensor))
+    try:
+        img = load_image(record.path)
+        result = preprocess(img, params)
+    except BadImageError as exc:
+        return Outcome(source, "bad", str(exc))
+    # the tensor first, the sidecar last: a sidecar always describes a complete tensor
+    store.write_tensor(tensor, result.data)
+    seconds = time.perf_counter() - start
+    meta = store.sidecar(record, source_sha, result.data, result.affine, wanted, result.info,
+                         seconds)
+    write_json(sidecar, meta)
+    return Outcome(source, "extracted", seconds=seconds, output=str(tensor))
+
+
+def _run_all(records: list[index.ImageRecord], output_dir: Path, params: PreprocessingParams,
+             nprocs: int, overwrite: bool) -> list[Outcome]:
+    total = len(records)
+    outcomes: list[Outcome] = []
+
+    def report(outcome: Outcome) -> None:
+        outcomes.append(outcome)
+        k = len(outcomes)
+        if outcome.status == "extracted":
+            log.info("[%d/%d] extracted %s (%.2f s)", k, total, Path(outcome.output).name,
+                     outcome.seconds)
+        elif outcome.status == "skipped":
+            log.info("[%d/%d] up to date: %s", k, total, Path(outcome.output).name)
+        else:
+            log.warning("[%d/%d] bad image: %s", k, total, outcome.message)
+
+    if nprocs <= 1 or total <= 1:
+        for r in records:
+            report(extract_one(r, output_dir, params, overwrite))
+        return outcomes
+    with ProcessPoolExecutor(max_workers=min(nprocs, total)) as pool:
+        futures = [pool.submit(extract_one, r, output_dir, params, overwrite) for r in records]
+        for future in futures:
+            report(future.result())
+    return outcomes
+
+
+def _write_bad_list(output_dir: Path, bad: list[Outcome]) -> Path:
+    path = output_dir / "logs" / f"bad_images-{time.strftime('%Y%m%d-%H%M%S')}.tsv"
+    rows = ["source\treason"] + [f"{o.source}\t{o.message.replace(chr(9), ' ')}" for o in bad]
+    write_text(path, "\n".join(rows) + "\n")
+    return path
+
+
+def run_participant(opts: Options) -> list[Outcome]:
+    """Select, validate, extract; returns one outcome per image."""
+    bids_dir, output_dir = opts.bids_path, opts.output_path
+    derivatives = [Path(d).expanduser().absolute() for d in opts.derivatives]
+    roots = derivatives or [bids_dir]
+    participants = index.resolve_participants(roots, opts.participant_label)
+    index.check_sessions(roots, participants, opts.session_label)
+    query = index.load_filters(opts.bids_filter_file)
+    if opts.skip_bids_validation:
+        log.warning("BIDS validation skipped (--skip-bids-validation)")
+    else:
+        validate(bids_dir, participants)
+    db_dir = Path(opts.bids_database_dir).absolute() if opts.bids_database_dir else None
+    records = index.select_images(bids_dir, participants, opts.session_label, query,
+                                  derivatives, opts.space, opts.desc, db_dir)
+    log.info("%d image(s) selected for %d participant(s)", len(records), len(participants))
+    store.prepare_output(output_dir, bids_dir, derivatives)
+    params = params_from(opts)
+    start = time.perf_counter()
+    outcomes = _run_all(records, output_dir, params, opts.n_workers, opts.overwrite)
+    counts = {s: sum(o.status == s for o in outcomes) for s in ("extracted", "skipped", "bad")}
+    log.info("participant level done in %.1f s: %d extracted, %d up to date, %d bad",
+             time.perf_counter() - start, counts["extracted"], counts["skipped"], counts["bad"])
+    bad = [o for o in outcomes if o.status == "bad"]
+    if bad:
+        listing = _write_bad_list(output_dir, bad)
+        if not opts.skip_bad_images:
+            first = bad[0].message
+            more = f" (and {len(bad) - 1} more, listed in {listing})" if len(bad) > 1 else ""
+            raise BadImageError(f"{first}{more}; fix or remove the image, or run with "
+                                "--skip-bad-images to extract the others")
+        log.warning("%d bad image(s) skipped (--skip-bad-images), listed in %s", len(bad), listing)
+    return outcomes
+

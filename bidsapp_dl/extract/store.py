@@ -1,0 +1,151 @@
+"""The tensor store: one uncompressed ``.npy`` per image and its JSON sidecar, in a derivative.
+
+The ``.npy`` format needs nothing but numpy to read (``np.load(path, mmap_mode="r")``) and is
+memory-mapped at training time. The sidecar says where the tensor came from and how it was made.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .. import __version__
+from ..bids.index import ImageRecord
+from ..maps.io import atomic_path, folder_lock, read_json, write_json, write_text
+
+DESC = "tensor"
+TENSOR_EXT = ".npy"
+BIDSIGNORE = ["*.npy", "logs/", "maps/", "*.html", "qc/"]
+
+
+def output_stem(record: ImageRecord) -> tuple[Path, str]:
+    """Relative folder and file stem: the source entities, ``desc-tensor``, the source suffix."""
+    name = record.path.name
+    for ext in (".nii.gz", ".nii"):
+        if name.endswith(ext):
+            name = name[: -len(ext)]
+            break
+    *entities, suffix = name.split("_")
+    kept = [e for e in entities if not e.startswith("desc-")]
+    folder = Path(f"sub-{record.subject}")
+    if record.session is not None:
+        folder /= f"ses-{record.session}"
+    folder /= record.entities.get("datatype", "anat")
+    return folder, "_".join([*kept, f"desc-{DESC}", suffix])
+
+
+def tensor_paths(output_dir: Path, record: ImageRecord) -> tuple[Path, Path]:
+    """(tensor, sidecar) paths of one image."""
+    folder, stem = output_stem(record)
+    base = output_dir / folder / stem
+    return base.with_name(stem + TENSOR_EXT), base.with_name(stem + ".json")
+
+
+def data_sha256(array: np.ndarray) -> str:
+    """Hash of the stored voxels (dtype and shape included): same content, same hash."""
+    digest = hashlib.sha256(f"{array.dtype.str}{array.shape}".encode())
+    digest.update(np.ascontiguousarray(array).data)
+    return digest.hexdigest()
+
+
+def is_up_to_date(tensor: Path, sidecar: Path, source_sha256: str, params: dict) -> bool:
+    """True when both files exist and were made from the same source with the same parameters."""
+    meta = read_json(sidecar)
+    if not meta or not tensor.is_file():
+        return False
+    if meta.get("SourceSHA256") != source_sha256 or meta.get("Preprocessing") != params:
+        return False
+    # a tensor of the wrong size cannot be the one the sidecar describes
+    shape, dtype = meta.get("Shape"), meta.get("DataType")
+    try:
+        expected = int(np.prod(shape)) * np.dtype(dtype).itemsize
+    except TypeError:
+        return False
+    return tensor.stat().st_size >= expected
+
+
+def write_tensor(path: Path, array: np.ndarray) -> None:
+    with atomic_path(path) as tmp, open(tmp, "wb") as fh:
+        np.save(fh, np.ascontiguousarray(array), allow_pickle=False)
+        fh.flush()
+        os.fsync(fh.fileno())
+
+
+def sidecar(record: ImageRecord, source_sha256: str, array: np.ndarray, affine: np.ndarray,
+            params: dict, info: dict, seconds: float) -> dict[str, Any]:
+    zooms = np.sqrt((np.asarray(affine)[:3, :3] ** 2).sum(axis=0))
+    return {
+        "Description": "Preprocessed image stored as an uncompressed numpy array (.npy, C order, "
+                       "axes X Y Z) for memory-mapped deep learning; Affine maps voxel "
+                       "indices to world millimetres",
+        "Sources": [record.uri],
+        "SourceSHA256": source_sha256,
+        "DataSHA256": data_sha256(array),
+        "Shape": list(array.shape),
+        "DataType": array.dtype.name,
+        "Affine": np.asarray(affine, dtype=float).round(6).tolist(),
+        "VoxelSize": [round(float(z), 6) for z in zooms],
+        "SkullStripped": False,
+        "SpatialReference": "orig" if "space" not in record.entities else record.entities["space"],
+        "Preprocessing": params,
+        "PreprocessingInfo": info,
+        "Entities": {k: v for k, v in record.entities.items() if k not in ("extension",)},
+        "ExtractionSeconds": round(seconds, 3),
+        "NeurodlVersion": __version__,
+    }
+
+
+def _dataset_links(bids_dir: Path, output_dir: Path, derivatives: list[Path]) -> dict[str, str]:
+    def uri(target: Path) -> str:
+        try:  # relative when the derivative lives inside the dataset: it moves with it
+            return Path(os.path.relpath(target.resolve(), output_dir.resolve())).as_posix()
+        except ValueError:
+            return target.resolve().as_uri()
+
+    from ..bids.index import _dataset_name
+
+    links = {"raw": uri(bids_dir)}
+    links.update({_dataset_name(d): uri(d) for d in derivatives})
+    return links
+
+
+def prepare_output(output_dir: Path, bids_dir: Path, derivatives: list[Path]) -> None:
+    """Write dataset_description.json and .bidsignore; safe with many jobs at once."""
+    output_dir.mkdir(parents=True, exist_ok=True)
+    raw = read_json(bids_dir / "dataset_description.json") or {}
+    generated = {"Name": "neurodl", "Version": __version__}
+    container = os.environ.get("NEURODL_CONTAINER_TAG")
+    if container:
+        generated["Container"] = {"Type": "docker", "Tag": container}
+    source = {"URL": _dataset_links(bids_dir, output_dir, [])["raw"]}
+    if raw.get("DatasetDOI"):
+        source["DOI"] = raw["DatasetDOI"]
+    description = {
+        "Name": f"neurodl - {raw.get('Name', bids_dir.name)}",
+        "BIDSVersion": "1.10.0",
+        "DatasetType": "derivative",
+        "GeneratedBy": [generated],
+        "SourceDatasets": [source],
+        "DatasetLinks": _dataset_links(bids_dir, output_dir, derivatives),
+    }
+    with folder_lock(output_dir):
+        path = output_dir / "dataset_description.json"
+        current = read_json(path)
+        if current != description:
+            if current and current.get("GeneratedBy"):
+                # keep the history of versions that wrote into this derivative
+                older = [g for g in current["GeneratedBy"] if g != generated]
+                description["GeneratedBy"] = [generated, *older]
+                description["DatasetLinks"] = {**current.get("DatasetLinks", {}),
+                                               **description["DatasetLinks"]}
+            if current != description:
+                write_json(path, description)
+        ignore = output_dir / ".bidsignore"
+        lines = ignore.read_text().splitlines() if ignore.is_file() else []
+        wanted = lines + [x for x in BIDSIGNORE if x not in lines]
+        if wanted != lines:
+            write_text(ignore, "\n".join(wanted) + "\n")

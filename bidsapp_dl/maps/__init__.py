@@ -1,0 +1,1 @@
+"""Output layout and atomic writers."""
