@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import re
 import shutil
 import tempfile
@@ -159,14 +160,15 @@ def _layout(root: Path, participants: list[str], is_derivative: bool, db_dir: Pa
     # build it beside its final place, then rename: concurrent jobs never see half an index
     db.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{db.name}.", dir=db.parent))
-    layout = BIDSLayout(root, validate=False, is_derivative=is_derivative, indexer=indexer,
-                        database_path=tmp)
+    os.chmod(tmp, 0o755)  # other users' jobs read it too
+    BIDSLayout(root, validate=False, is_derivative=is_derivative, indexer=indexer,
+               database_path=tmp)
     try:
         tmp.rename(db)
         log.info("wrote the pybids index to %s", db)
     except OSError:  # another job won the race: theirs is as good
         shutil.rmtree(tmp, ignore_errors=True)
-    return layout
+    return BIDSLayout(root, validate=False, is_derivative=is_derivative, database_path=db)
 
 
 def select_images(bids_dir: Path, participants: list[str], sessions: list[str],

@@ -22,6 +22,8 @@ def _setup_logging(verbosity: int) -> None:
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(logging.Formatter("%(asctime)s [%(levelname)s] %(message)s", "%H:%M:%S"))
     handler.setLevel(level)
+    for old in log.handlers:  # main() may run several times in one process (tests, notebooks)
+        old.close()
     log.handlers[:] = [handler]
     log.setLevel(logging.DEBUG)
     log.propagate = False

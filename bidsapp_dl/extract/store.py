@@ -19,7 +19,15 @@ from ..maps.io import atomic_path, folder_lock, read_json, write_json, write_tex
 
 DESC = "tensor"
 TENSOR_EXT = ".npy"
-BIDSIGNORE = ["*.npy", "logs/", "maps/", "*.html", "qc/"]
+# tensors and their sidecars are not BIDS data files: the validator must not judge them
+BIDSIGNORE = [f"*_desc-{DESC}_*", "*.npy", "logs/", "maps/", "*.html", "qc/"]
+README = """# neurodl derivative
+
+Written by neurodl. Each selected input image was converted once into an uncompressed numpy
+array (`*_desc-tensor_<suffix>.npy`, axes X Y Z) with a JSON sidecar giving its source (BIDS URI
+and SHA-256), shape, affine, voxel size and every preprocessing parameter. Read a tensor with
+`numpy.load(path, mmap_mode="r")`. Trained models are under `maps/`, run logs under `logs/`.
+"""
 
 
 def output_stem(record: ImageRecord) -> tuple[Path, str]:
@@ -144,6 +152,8 @@ def prepare_output(output_dir: Path, bids_dir: Path, derivatives: list[Path]) ->
                                                **description["DatasetLinks"]}
             if current != description:
                 write_json(path, description)
+        if not (output_dir / "README.md").exists():
+            write_text(output_dir / "README.md", README)
         ignore = output_dir / ".bidsignore"
         lines = ignore.read_text().splitlines() if ignore.is_file() else []
         wanted = lines + [x for x in BIDSIGNORE if x not in lines]

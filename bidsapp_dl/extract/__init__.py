@@ -1,0 +1,1 @@
+"""Participant level: loading, preprocessing and sample extraction of single images."""
