@@ -44,8 +44,11 @@ class Runner:
         self.capsys = capsys
 
     def __call__(self, *args: object) -> tuple[int, str]:
+        """Exit code and standard error; every successful run's output must be valid BIDS."""
         code = main([str(a) for a in args])
         err = self.capsys.readouterr().err
+        if code == 0:
+            assert validation_errors(Path(args[1])) == [], f"invalid derivative {args[1]}"
         return code, err
 
 

@@ -13,17 +13,20 @@ import os
 import re
 import shutil
 import tempfile
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from ..errors import DataError, InputMissingError, NoImagesError, UsageError
+from ..errors import BadImageError, DataError, InputMissingError, NoImagesError, UsageError
 
 log = logging.getLogger(__name__)
 
-DEFAULT_QUERY: dict[str, Any] = {"datatype": "anat", "suffix": "T1w",
-                                 "extension": [".nii", ".nii.gz"]}
-KNOWN_QUERIES = ("t1w",)
+NIFTI = [".nii", ".nii.gz"]
+DEFAULT_QUERIES: dict[str, dict[str, Any]] = {
+    "t1w": {"datatype": "anat", "suffix": "T1w", "extension": NIFTI},
+    # a per-subject segmentation, matched to each image by subject, session and space
+    "dseg": {"suffix": "dseg", "extension": NIFTI},
+}
 
 
 @dataclass(frozen=True)
@@ -34,6 +37,8 @@ class ImageRecord:
     dataset: str                    # "raw" or the derivative dataset's name (BIDS URI key)
     root: Path                      # root of the dataset holding it
     entities: dict[str, Any] = field(hash=False)   # pybids long names: subject, session, ...
+    dseg: ImageRecord | None = None  # its segmentation, when asked for (--with-dseg)
+    dseg_problem: str = ""           # why no single segmentation matches it
 
     @property
     def relpath(self) -> str:
@@ -91,11 +96,11 @@ def check_sessions(roots: list[Path], participants: list[str], requested: list[s
             f"they have {_listing(known, 'ses-')}")
 
 
-def load_filters(path: str | None) -> dict[str, Any]:
-    """The image query: the default one updated by the ``t1w`` entry of a filter file."""
-    query = dict(DEFAULT_QUERY)
+def load_filters(path: str | None) -> dict[str, dict[str, Any]]:
+    """The queries (``t1w``, ``dseg``): the defaults updated by the entries of a filter file."""
+    queries = {name: dict(q) for name, q in DEFAULT_QUERIES.items()}
     if not path:
-        return query
+        return queries
     from bids.layout import Query
 
     def hook(obj: dict) -> dict:
@@ -109,11 +114,12 @@ def load_filters(path: str | None) -> dict[str, Any]:
         raise UsageError(f"--bids-filter-file {path}: not valid JSON ({exc})") from exc
     if not isinstance(filters, dict) or not all(isinstance(v, dict) for v in filters.values()):
         raise UsageError(f"--bids-filter-file {path}: expected {{\"t1w\": {{entity: value}}}}")
-    for other in set(filters) - set(KNOWN_QUERIES):
+    for other in sorted(set(filters) - set(queries)):
         log.warning("--bids-filter-file: query '%s' is not used (neurodl reads %s)", other,
-                    ", ".join(KNOWN_QUERIES))
-    query.update(filters.get("t1w", {}))
-    return query
+                    ", ".join(queries))
+    for name, query in queries.items():
+        query.update(filters.get(name, {}))
+    return queries
 
 
 def _describe(query: dict[str, Any]) -> str:
@@ -171,11 +177,43 @@ def _layout(root: Path, participants: list[str], is_derivative: bool, db_dir: Pa
     return BIDSLayout(root, validate=False, is_derivative=is_derivative, database_path=db)
 
 
+def _find_dseg(layouts: list, record: ImageRecord, query: dict[str, Any]) -> ImageRecord:
+    from bids.layout import Query
+
+    ents = record.entities
+    wanted = {"subject": record.subject, "session": ents.get("session", Query.NONE),
+              "space": ents.get("space", Query.NONE), **query}
+    found = [(layout, f) for layout in layouts for f in layout.get(return_type="object", **wanted)]
+    if len(found) != 1:
+        what = "no segmentation" if not found else f"{len(found)} segmentations"
+        names = ", ".join(Path(f.path).name for _, f in found[:4])
+        raise BadImageError(
+            f"{record.path.name}: {what} ({_describe(query)}) of the same participant, session "
+            f"and space{': ' + names if names else ''}; choose one with the 'dseg' query of "
+            "--bids-filter-file, or leave out --with-dseg")
+    layout, f = found[0]
+    root = Path(layout.root)
+    name = "raw" if root == record.root and record.dataset == "raw" else _dataset_name(root)
+    return ImageRecord(Path(f.path), name, root, f.get_entities())
+
+
+def _with_dseg(layouts: list, record: ImageRecord, query: dict[str, Any]) -> ImageRecord:
+    try:
+        return replace(record, dseg=_find_dseg(layouts, record, query))
+    except BadImageError as exc:
+        return replace(record, dseg_problem=str(exc))
+
+
 def select_images(bids_dir: Path, participants: list[str], sessions: list[str],
-                  query: dict[str, Any], derivatives: list[Path], space: str | None,
-                  desc: str | None, db_dir: Path | None) -> list[ImageRecord]:
-    """Every image matching the query for these participants, sorted by path."""
-    query = dict(query)
+                  queries: dict[str, dict[str, Any]], derivatives: list[Path], space: str | None,
+                  desc: str | None, db_dir: Path | None, with_dseg: bool = False
+                  ) -> list[ImageRecord]:
+    """Every image matching the ``t1w`` query for these participants, sorted by path.
+
+    With ``with_dseg``, each record also carries the one segmentation matching it, or says
+    in ``dseg_problem`` why there is not exactly one.
+    """
+    query = dict(queries["t1w"])
     if space:
         query["space"] = space
     if desc:
@@ -187,8 +225,10 @@ def select_images(bids_dir: Path, participants: list[str], sessions: list[str],
         if is_derivative:
             _check_derivative(root)
     records = []
+    layouts = []
     for root, name, is_derivative in sources:
         layout = _layout(root, participants, is_derivative, db_dir)
+        layouts.append(layout)
         try:
             files = layout.get(return_type="object", subject=participants, **query)
         except (ValueError, KeyError) as exc:
@@ -204,4 +244,6 @@ def select_images(bids_dir: Path, participants: list[str], sessions: list[str],
         raise NoImagesError(
             f"no image matches {_describe(query)} for {_listing(participants, 'sub-')} in "
             f"{where}; check --bids-filter-file, --space/--desc, --session-label")
+    if with_dseg:
+        records = [_with_dseg(layouts, r, queries["dseg"]) for r in records]
     return sorted(records, key=lambda r: str(r.path))

@@ -101,6 +101,10 @@ class Options:
             "percentiles to 0-1", "participant"))
     dtype: Literal["float32", "float16"] = field(default="float32", metadata=_opt(
         "data type of the stored tensors (float16 halves disk and memory)", "participant"))
+    with_dseg: bool = field(default=False, metadata=_opt(
+        "also carry each image's discrete segmentation (suffix dseg, same participant, session "
+        "and space, in --derivatives; narrow it with the 'dseg' query of --bids-filter-file) "
+        "onto the tensor's grid, for ROIs given as label values", "participant"))
     skip_bad_images: bool = field(default=False, metadata=_opt(
         "skip unreadable or unusable images with a warning (listed in logs/) instead of failing",
         "participant"))

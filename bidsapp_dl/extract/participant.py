@@ -14,13 +14,15 @@ from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
+
 from ..bids import index
 from ..bids.validate import validate
 from ..cli.options import Options
 from ..errors import BadImageError
-from ..maps.io import sha256_file, write_json, write_text
+from ..maps.io import read_json, sha256_file, write_json, write_text
 from . import store
-from .preprocess import PreprocessingParams, load_image, preprocess
+from .preprocess import PreprocessingParams, load_image, preprocess, resample_labels
 
 log = logging.getLogger(__name__)
 
@@ -44,29 +46,51 @@ def params_from(opts: Options) -> PreprocessingParams:
 
 def extract_one(record: index.ImageRecord, output_dir: Path, params: PreprocessingParams,
                 overwrite: bool = False) -> Outcome:
-    """Extract one image unless it is up to date; bad images come back as ``bad``."""
+    """Extract one image (and its segmentation) unless up to date; bad images come back ``bad``."""
     start = time.perf_counter()
     tensor, sidecar = store.tensor_paths(output_dir, record)
     source = str(record.path)
+    if record.dseg_problem:
+        return Outcome(source, "bad", record.dseg_problem)
     try:
         source_sha = sha256_file(record.path)
+        dseg_sha = sha256_file(record.dseg.path) if record.dseg else None
     except OSError as exc:
-        return Outcome(source, "bad", f"{source}: cannot read it ({exc.strerror})")
+        return Outcome(source, "bad", f"{exc.filename}: cannot read it ({exc.strerror})")
     wanted = params.as_dict()
-    if not overwrite and store.is_up_to_date(tensor, sidecar, source_sha, wanted):
+    wrote = False
+    if overwrite or not store.is_up_to_date(tensor, sidecar, source_sha, wanted):
+        try:
+            result = preprocess(load_image(record.path), params)
+        except BadImageError as exc:
+            return Outcome(source, "bad", str(exc))
+        # the tensor first, the sidecar last: a sidecar always describes a complete tensor
+        store.write_tensor(tensor, result.data)
+        meta = store.sidecar(record, source_sha, result.data, result.affine, wanted, result.info,
+                             time.perf_counter() - start)
+        write_json(sidecar, meta)
+        wrote = True
+    if record.dseg is not None:
+        meta = read_json(sidecar)
+        dseg_tensor, dseg_sidecar = store.dseg_paths(output_dir, record)
+        # the segmentation follows its image: redone whenever the image tensor changed
+        dseg_params = {**wanted, "ReferenceDataSHA256": meta["DataSHA256"]}
+        if wrote or overwrite or not store.is_up_to_date(dseg_tensor, dseg_sidecar, dseg_sha,
+                                                         dseg_params):
+            try:
+                labels = resample_labels(load_image(record.dseg.path), np.array(meta["Affine"]),
+                                         tuple(meta["Shape"]))
+            except BadImageError as exc:
+                return Outcome(source, "bad", str(exc))
+            store.write_tensor(dseg_tensor, labels)
+            dmeta = store.sidecar(record.dseg, dseg_sha, labels, np.array(meta["Affine"]),
+                                  dseg_params, {"labels": np.unique(labels).tolist()},
+                                  time.perf_counter() - start)
+            write_json(dseg_sidecar, dmeta)
+            wrote = True
+    if not wrote:
         return Outcome(source, "skipped", output=str(tensor))
-    try:
-        img = load_image(record.path)
-        result = preprocess(img, params)
-    except BadImageError as exc:
-        return Outcome(source, "bad", str(exc))
-    # the tensor first, the sidecar last: a sidecar always describes a complete tensor
-    store.write_tensor(tensor, result.data)
-    seconds = time.perf_counter() - start
-    meta = store.sidecar(record, source_sha, result.data, result.affine, wanted, result.info,
-                         seconds)
-    write_json(sidecar, meta)
-    return Outcome(source, "extracted", seconds=seconds, output=str(tensor))
+    return Outcome(source, "extracted", seconds=time.perf_counter() - start, output=str(tensor))
 
 
 def _run_all(records: list[index.ImageRecord], output_dir: Path, params: PreprocessingParams,
@@ -110,14 +134,14 @@ def run_participant(opts: Options) -> list[Outcome]:
     roots = derivatives or [bids_dir]
     participants = index.resolve_participants(roots, opts.participant_label)
     index.check_sessions(roots, participants, opts.session_label)
-    query = index.load_filters(opts.bids_filter_file)
+    queries = index.load_filters(opts.bids_filter_file)
     if opts.skip_bids_validation:
         log.warning("BIDS validation skipped (--skip-bids-validation)")
     else:
         validate(bids_dir, participants)
     db_dir = Path(opts.bids_database_dir).absolute() if opts.bids_database_dir else None
-    records = index.select_images(bids_dir, participants, opts.session_label, query,
-                                  derivatives, opts.space, opts.desc, db_dir)
+    records = index.select_images(bids_dir, participants, opts.session_label, queries,
+                                  derivatives, opts.space, opts.desc, db_dir, opts.with_dseg)
     log.info("%d image(s) selected for %d participant(s)", len(records), len(participants))
     store.prepare_output(output_dir, bids_dir, derivatives)
     params = params_from(opts)

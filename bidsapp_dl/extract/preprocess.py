@@ -249,14 +249,14 @@ def _grid_affine(
 
 
 def _resample(data: np.ndarray, in_affine: np.ndarray, out_affine: np.ndarray,
-              shape: tuple[int, int, int], cval: float) -> np.ndarray:
-    """Trilinear resampling of ``data`` onto the grid ``out_affine`` / ``shape``."""
+              shape: tuple[int, int, int], cval: float, order: int = 1) -> np.ndarray:
+    """Resampling of ``data`` onto the grid ``out_affine`` / ``shape`` (trilinear by default)."""
     mapping = np.linalg.solve(in_affine, out_affine)
     matrix, offset = mapping[:3, :3], mapping[:3, 3]
     if np.all(np.abs(matrix - np.diag(np.diag(matrix))) < 1e-9):
         matrix = np.diag(matrix).copy()  # axis-aligned: scipy's faster zoom/shift path
     return ndimage.affine_transform(
-        data, matrix, offset=offset, output_shape=shape, output=np.float32, order=1,
+        data, matrix, offset=offset, output_shape=shape, output=np.float32, order=order,
         mode="constant", cval=cval, prefilter=False,
     )
 
@@ -370,3 +370,17 @@ def preprocess(img: nib.spatialimages.SpatialImage,
         info["n_float16_clipped"] = int(np.count_nonzero(np.abs(vol) > limit))
         vol = np.clip(vol, -limit, limit, out=vol).astype(np.float16)
     return Preprocessed(data=np.ascontiguousarray(vol), affine=out_affine, info=info)
+
+
+def resample_labels(img: nib.spatialimages.SpatialImage, out_affine: np.ndarray,
+                    shape: tuple[int, ...]) -> np.ndarray:
+    """A discrete segmentation on a tensor's grid (nearest neighbour), as integers.
+
+    Used to carry a per-subject segmentation (``dseg``) into the space of the stored tensor,
+    so that ROI masks taken from its label values select the same voxels as in the image.
+    """
+    data = np.asanyarray(img.dataobj, dtype=np.float32)
+    labels = _resample(data, img.affine, np.asarray(out_affine, float), tuple(shape), 0.0, order=0)
+    labels = np.rint(labels)
+    dtype = np.int16 if labels.min() >= -32768 and labels.max() <= 32767 else np.int32
+    return np.ascontiguousarray(labels.astype(dtype))

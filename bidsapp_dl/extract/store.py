@@ -53,6 +53,13 @@ def tensor_paths(output_dir: Path, record: ImageRecord) -> tuple[Path, Path]:
     return base.with_name(stem + TENSOR_EXT), base.with_name(stem + ".json")
 
 
+def dseg_paths(output_dir: Path, record: ImageRecord) -> tuple[Path, Path]:
+    """(tensor, sidecar) paths of an image's segmentation on the image tensor's grid."""
+    tensor, _ = tensor_paths(output_dir, record)
+    stem = tensor.name[: -len(TENSOR_EXT)].rsplit("_", 1)[0] + "_dseg"
+    return tensor.with_name(stem + TENSOR_EXT), tensor.with_name(stem + ".json")
+
+
 def data_sha256(array: np.ndarray) -> str:
     """Hash of the stored voxels (dtype and shape included): same content, same hash."""
     digest = hashlib.sha256(f"{array.dtype.str}{array.shape}".encode())

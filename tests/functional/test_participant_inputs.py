@@ -30,12 +30,19 @@ def make_fmriprep(bids: Path) -> Path:
         src = sorted(bids.glob(f"sub-{sub}/ses-M000/anat/*_T1w.nii.gz"))[0]
         img = nib.load(src)
         nib.save(img, anat / f"sub-{sub}_desc-preproc_T1w.nii.gz")
+        # a segmentation in the same native space: 0 background, 1 bright tissue, 2 the rest
+        vol = img.get_fdata()
+        head = vol > np.percentile(vol, 60)
+        seg = np.where(head, np.where(vol > np.median(vol[head]), 1, 2), 0).astype(np.int16)
+        nib.save(nib.Nifti1Image(seg, img.affine), anat / f"sub-{sub}_desc-aseg_dseg.nii.gz")
         # a template-space image: 2 mm grid, LAS like FSL's MNI template
         data = np.random.default_rng(int(sub)).random((40, 48, 40)).astype(np.float32) * 500
         affine = np.array([[-2.0, 0, 0, 78], [0, 2, 0, -112], [0, 0, 2, -70], [0, 0, 0, 1]])
         nib.save(nib.Nifti1Image(data, affine), anat / f"sub-{sub}_space-{MNI}_desc-preproc_T1w.nii.gz")
         nib.save(nib.Nifti1Image((data > 250).astype(np.uint8), affine),
                  anat / f"sub-{sub}_space-{MNI}_desc-brain_mask.nii.gz")
+        nib.save(nib.Nifti1Image((data // 100).astype(np.int16), affine),
+                 anat / f"sub-{sub}_space-{MNI}_desc-aseg_dseg.nii.gz")
     return deriv
 
 
@@ -43,9 +50,14 @@ def test_derivatives_taken_as_they_are(bids, neurodl):
     deriv = make_fmriprep(bids)
     out = bids / "derivatives" / "neurodl"
     code, err = neurodl(bids, out, "participant", "--derivatives", deriv, "--space", MNI,
-                        "--desc", "preproc", "--preprocessing", "none", "--nprocs", "2")
+                        "--desc", "preproc", "--preprocessing", "none", "--nprocs", "2",
+                        "--with-dseg")
     assert code == 0, err
-    made = sorted(p.relative_to(out).as_posix() for p in out.rglob("*.npy"))
+    # grid kept: the segmentation is the input's, voxel for voxel
+    src = nib.load(deriv / f"sub-01/anat/sub-01_space-{MNI}_desc-aseg_dseg.nii.gz")
+    labels = np.load(out / f"sub-01/anat/sub-01_space-{MNI}_desc-tensor_dseg.npy")
+    np.testing.assert_array_equal(labels, np.asanyarray(src.dataobj))
+    made = sorted(p.relative_to(out).as_posix() for p in out.rglob("*_T1w.npy"))
     assert made == [f"sub-0{i}/anat/sub-0{i}_space-{MNI}_desc-tensor_T1w.npy" for i in (1, 2)]
     meta = json.loads((out / made[0]).with_suffix(".json").read_text())
     assert meta["Sources"] == [f"bids:fmriprep:sub-01/anat/sub-01_space-{MNI}_desc-preproc_T1w.nii.gz"]
@@ -55,6 +67,50 @@ def test_derivatives_taken_as_they_are(bids, neurodl):
     desc = json.loads((out / "dataset_description.json").read_text())
     assert desc["DatasetLinks"]["fmriprep"] == "../fmriprep"
     assert validation_errors(out) == []
+
+
+def test_segmentations_follow_their_images(bids, neurodl):
+    deriv = make_fmriprep(bids)
+    out = bids / "derivatives" / "neurodl"
+    code, err = neurodl(bids, out, "participant", "--derivatives", deriv, "--desc", "preproc",
+                        "--with-dseg", *SMALL)
+    assert code == 0, err
+    # each image gets the segmentation of its own space
+    mni = out / f"sub-01/anat/sub-01_space-{MNI}_desc-tensor_dseg.npy"
+    assert json.loads(mni.with_suffix(".json").read_text())["Sources"] == [
+        f"bids:fmriprep:sub-01/anat/sub-01_space-{MNI}_desc-aseg_dseg.nii.gz"]
+    assert np.load(mni).dtype == np.int16
+    # native space, resampled with the image: bright-tissue labels sit on bright voxels
+    image = np.load(out / "sub-02/anat/sub-02_desc-tensor_T1w.npy")
+    labels = np.load(out / "sub-02/anat/sub-02_desc-tensor_dseg.npy")
+    meta = json.loads((out / "sub-02/anat/sub-02_desc-tensor_dseg.json").read_text())
+    assert labels.shape == image.shape == (48, 56, 48)
+    assert set(meta["PreprocessingInfo"]["labels"]) == {0, 1, 2}
+    assert meta["Sources"] == ["bids:fmriprep:sub-02/anat/sub-02_desc-aseg_dseg.nii.gz"]
+    assert image[labels == 1].mean() > image[labels == 2].mean() > image[labels == 0].mean()
+    # a second run changes nothing; a new segmentation is carried over again
+    code, err = neurodl(bids, out, "participant", "--derivatives", deriv, "--desc", "preproc",
+                        "--with-dseg", *SMALL)
+    assert code == 0 and "0 extracted" in err
+    seg = deriv / f"sub-01/anat/sub-01_space-{MNI}_desc-aseg_dseg.nii.gz"
+    nib.save(nib.Nifti1Image(np.full((40, 48, 40), 7, np.int16), nib.load(seg).affine), seg)
+    code, err = neurodl(bids, out, "participant", "--derivatives", deriv, "--desc", "preproc",
+                        "--with-dseg", *SMALL)
+    assert code == 0 and "1 extracted" in err
+    assert set(np.unique(np.load(mni))) == {0, 7}  # 0 where the grid leaves the input field
+
+
+def test_missing_segmentation_is_a_bad_image(bids, neurodl):
+    deriv = make_fmriprep(bids)
+    (deriv / "sub-02/anat/sub-02_desc-aseg_dseg.nii.gz").unlink()
+    out = bids / "derivatives" / "neurodl"
+    args = [bids, out, "participant", "--derivatives", deriv, "--desc", "preproc", "--with-dseg",
+            *SMALL]
+    code, err = neurodl(*args)
+    assert code == 65 and "sub-02_desc-preproc_T1w.nii.gz: no segmentation" in err
+    code, err = neurodl(*args, "--skip-bad-images")
+    assert code == 0, err
+    assert (out / "sub-01/anat/sub-01_desc-tensor_dseg.npy").is_file()
 
 
 def test_derivative_without_description_exit_66(bids, neurodl):
