@@ -53,7 +53,8 @@ def _minimal_check(bids_dir: Path) -> list[str]:
     return [f"{desc.name} has no {key}" for key in ("Name", "BIDSVersion") if key not in meta]
 
 
-def validate(bids_dir: Path, participants: list[str], timeout: float = 3600) -> None:
+def validate(bids_dir: Path, participants: list[str], work_dir: Path | None = None,
+             timeout: float = 3600) -> None:
     """Raise BidsValidationError listing the first problems when the dataset is not valid."""
     problems = _minimal_check(bids_dir)
     command = validator_command()
@@ -61,7 +62,9 @@ def validate(bids_dir: Path, participants: list[str], timeout: float = 3600) -> 
         log.warning("bids-validator-deno is not installed: only dataset_description.json was "
                     "checked (pip install bids-validator-deno for a full validation)")
     elif not problems:
-        with tempfile.TemporaryDirectory(prefix="neurodl-validate-") as tmp:
+        if work_dir is not None:
+            work_dir.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryDirectory(prefix="neurodl-validate-", dir=work_dir) as tmp:
             root = _scoped_tree(bids_dir, participants, Path(tmp))
             log.info("validating %s (%d participant(s)) with bids-validator-deno", bids_dir,
                      len(participants))

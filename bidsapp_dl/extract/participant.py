@@ -138,7 +138,7 @@ def run_participant(opts: Options) -> list[Outcome]:
     if opts.skip_bids_validation:
         log.warning("BIDS validation skipped (--skip-bids-validation)")
     else:
-        validate(bids_dir, participants)
+        validate(bids_dir, participants, Path(opts.work_dir).absolute() if opts.work_dir else None)
     db_dir = Path(opts.bids_database_dir).absolute() if opts.bids_database_dir else None
     records = index.select_images(bids_dir, participants, opts.session_label, queries,
                                   derivatives, opts.space, opts.desc, db_dir, opts.with_dseg)

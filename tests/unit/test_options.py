@@ -130,7 +130,10 @@ def test_help_and_version_are_fast_and_light():
     assert time.perf_counter() - start < 5
 
 
-def test_run_py_version(dirs):
-    run = subprocess.run([sys.executable, str(ROOT / "run.py"), "--version"],
-                         capture_output=True, text=True)
-    assert run.returncode == 0 and run.stdout.startswith("neurodl ")
+@pytest.mark.parametrize("command", [[sys.executable, str(ROOT / "run.py")],
+                                     [str(Path(sys.executable).with_name("neurodl"))]])
+def test_entry_points_print_the_version(command):
+    from bidsapp_dl import __version__
+
+    run = subprocess.run([*command, "--version"], capture_output=True, text=True)
+    assert run.returncode == 0 and run.stdout.strip() == f"neurodl {__version__}"
