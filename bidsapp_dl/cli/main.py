@@ -84,10 +84,9 @@ def main(argv: list[str] | None = None) -> int:
 
             run_participant(opts)
         else:
-            from ..errors import UsageError
+            from ..group import run_group
 
-            raise UsageError("the group level is not available in this version of neurodl; "
-                             "run the participant level")
+            run_group(opts, ["neurodl", *(sys.argv[1:] if argv is None else argv)])
         return 0
     except NeurodlError as exc:
         log.debug("failed", exc_info=True)

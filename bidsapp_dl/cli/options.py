@@ -23,6 +23,8 @@ from ..errors import AnalysisLevelError, UsageError
 
 ANALYSIS_LEVELS = ("participant", "group")
 LABEL_RE = re.compile(r"^[A-Za-z0-9]+$")
+NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+STAGES = ("split", "train", "evaluate", "predict", "interpret", "report", "search-summary")
 
 
 def _opt(help: str, group: str = "common", **meta: Any) -> dict:
@@ -109,6 +111,34 @@ class Options:
         "skip unreadable or unusable images with a warning (listed in logs/) instead of failing",
         "participant"))
 
+    # --- group level ---------------------------------------------------------------------
+    stages: list[str] = field(default_factory=lambda: ["split", "train", "evaluate"], metadata=_opt(
+        "what to do, in order: " + ", ".join(STAGES), "group", nargs="+",
+        choices=STAGES, metavar="STAGE"))
+    maps_name: Optional[str] = field(default=None, metadata=_opt(
+        "name of the MAPS (the experiment folder) under OUTPUT_DIR/maps (default: <task>-<label>)",
+        "group", metavar="NAME"))
+    task: Literal["classification", "regression", "reconstruction"] = field(
+        default="classification", metadata=_opt("what the network learns", "group"))
+    label: Optional[str] = field(default=None, metadata=_opt(
+        "the column of participants.tsv, or of sessions.tsv for per-session labels, to learn "
+        "(default: diagnosis for classification, age for regression)", "group", metavar="COLUMN"))
+    drop_invalid_labels: bool = field(default=False, metadata=_opt(
+        "drop images whose regression label is not a number (e.g. 89+) instead of failing",
+        "group"))
+    n_splits: int = field(default=5, metadata=_opt(
+        "K-fold cross-validation over participants; 1 = a single train/validation split",
+        "group", metavar="K"))
+    test_size: float = field(default=0.2, metadata=_opt(
+        "held-out test group: a fraction of the participants (< 1), a count (>= 1), or 0 for none",
+        "group", metavar="SIZE"))
+    validation_size: float = field(default=0.2, metadata=_opt(
+        "validation group when --n-splits is 1: a fraction or a count of participants", "group",
+        metavar="SIZE"))
+    splits: list[int] = field(default_factory=list, metadata=_opt(
+        "only these splits (e.g. one cluster job per split; default all)", "group", nargs="+",
+        metavar="I"))
+
     @property
     def bids_path(self) -> Path:
         return Path(self.bids_dir).expanduser().absolute()
@@ -128,7 +158,9 @@ GROUP_TITLES = {
     "selection": "data selection",
     "resources": "resources and run control",
     "participant": "participant level (tensor extraction)",
+    "group": "group level (labels, splits, the MAPS)",
 }
+
 CLI_FIELDS = list(fields(Options))
 OPTION_NAMES = {f.name for f in CLI_FIELDS}
 
@@ -321,6 +353,27 @@ def check(opts: Options) -> Options:
         value = getattr(opts, name)
         if value is not None and not LABEL_RE.match(value):
             raise UsageError(f"--{name} {value}: only letters and digits are allowed")
+    if opts.maps_name is not None and (not NAME_RE.match(opts.maps_name) or ".." in opts.maps_name):
+        raise UsageError(f"--maps-name {opts.maps_name}: use letters, digits, '.', '_' and '-' "
+                         "only (it names a folder under OUTPUT_DIR/maps)")
+    if opts.n_splits < 1:
+        raise UsageError(f"--n-splits {opts.n_splits}: must be at least 1")
+    for name in ("test_size", "validation_size"):
+        value = getattr(opts, name)
+        if value < 0 or (value >= 1 and value != int(value)):
+            raise UsageError(f"--{name.replace('_', '-')} {value}: a fraction in [0, 1) or a "
+                             "whole number of participants")
+    if opts.validation_size == 0 and opts.n_splits == 1:
+        raise UsageError("--validation-size 0 with --n-splits 1 leaves no validation group")
+    bad_splits = [i for i in opts.splits if not 0 <= i < opts.n_splits]
+    if bad_splits:
+        raise UsageError(f"--splits {bad_splits}: splits are numbered 0 to {opts.n_splits - 1}")
+    if opts.label is None and opts.task != "reconstruction":
+        opts = replace(opts, label="diagnosis" if opts.task == "classification" else "age")
+    if opts.maps_name is None:
+        label = re.sub(r"[^A-Za-z0-9._-]", "", opts.label or "")
+        opts = replace(opts, maps_name=f"{opts.task}-{label}" if label and opts.task !=
+                       "reconstruction" else opts.task)
     if (opts.space or opts.desc) and not opts.derivatives:
         raise UsageError("--space and --desc filter derivative images: give --derivatives too")
     return opts

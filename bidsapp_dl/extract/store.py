@@ -20,7 +20,7 @@ from ..maps.io import atomic_path, folder_lock, read_json, write_json, write_tex
 DESC = "tensor"
 TENSOR_EXT = ".npy"
 # tensors and their sidecars are not BIDS data files: the validator must not judge them
-BIDSIGNORE = [f"*_desc-{DESC}_*", "*.npy", "logs/", "maps/", "*.html", "qc/"]
+BIDSIGNORE = [f"*_desc-{DESC}_*", "*.npy", "logs", "maps", "*.html", "qc"]
 README = """# neurodl derivative
 
 Written by neurodl. Each selected input image was converted once into an uncompressed numpy
@@ -55,7 +55,11 @@ def tensor_paths(output_dir: Path, record: ImageRecord) -> tuple[Path, Path]:
 
 def dseg_paths(output_dir: Path, record: ImageRecord) -> tuple[Path, Path]:
     """(tensor, sidecar) paths of an image's segmentation on the image tensor's grid."""
-    tensor, _ = tensor_paths(output_dir, record)
+    return dseg_beside(tensor_paths(output_dir, record)[0])
+
+
+def dseg_beside(tensor: Path) -> tuple[Path, Path]:
+    """(tensor, sidecar) of the segmentation that goes with the image tensor ``tensor``."""
     stem = tensor.name[: -len(TENSOR_EXT)].rsplit("_", 1)[0] + "_dseg"
     return tensor.with_name(stem + TENSOR_EXT), tensor.with_name(stem + ".json")
 

@@ -1,0 +1,29 @@
+"""The group level: run the requested stages, in order, on one MAPS."""
+
+from __future__ import annotations
+
+import logging
+
+from .cli.options import Options
+from .errors import UsageError
+
+log = logging.getLogger(__name__)
+
+AVAILABLE = ("split",)
+
+
+def run_group(opts: Options, command: list[str]) -> None:
+    """Run ``opts.stages`` in order (each stage reads what the ones before it wrote).
+
+    ``command`` is the command line as typed, recorded in the MAPS.
+    """
+    missing = [s for s in opts.stages if s not in AVAILABLE]
+    if missing:
+        raise UsageError(f"stage(s) {', '.join(missing)} not available in this version of "
+                         f"neurodl; available: {', '.join(AVAILABLE)} (e.g. --stages split)")
+    for stage in opts.stages:
+        log.info("stage %s, MAPS %s", stage, opts.maps_name)
+        if stage == "split":
+            from .split.stage import run_split
+
+            run_split(opts, command)

@@ -1,0 +1,1 @@
+"""Labels, duplicates and leakage-proof splits of the group level."""

@@ -1,0 +1,147 @@
+"""The ``split`` stage: labelled table, duplicates, splits, and a new MAPS that records them.
+
+The MAPS is written in a hidden folder beside its final place and renamed into place at the end,
+so a MAPS either exists whole or not at all. The same command twice gives identical files.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import secrets
+import shutil
+import tempfile
+from dataclasses import replace
+from pathlib import Path
+
+import pandas as pd
+
+from .. import __version__
+from ..cli.options import Options, resolved
+from ..errors import OutputError, UsageError
+from ..extract.catalog import read_catalog
+from ..maps.io import write_json, write_text
+from ..maps.layout import MapsLayout
+from ..maps.provenance import environment, files_sha256, rows_sha256
+from .duplicates import find_duplicates
+from .labels import attach_labels
+from .splits import make_splits, split_summary
+
+log = logging.getLogger(__name__)
+
+# how a run was asked for, not what it computes: left out so the same experiment gives the same file
+RUN_CONTROL = ("overwrite", "config")
+DATA_COLUMNS = ["participant_id", "session_id", "label", "tensor", "unit", "data_sha256",
+                "source_sha256"]
+
+
+def write_tsv(path: Path, frame: pd.DataFrame) -> None:
+    """A BIDS-style TSV: tab-separated, n/a for missing values, LF line ends, no index."""
+    write_text(path, frame.to_csv(sep="\t", index=False, na_rep="n/a", lineterminator="\n"))
+
+
+def _label_files(bids_dir: Path, participants: list[str]) -> list[Path]:
+    files = [bids_dir / "participants.tsv"]
+    files += [bids_dir / p / f"{p}_sessions.tsv" for p in participants]
+    return files
+
+
+def _seeded(opts: Options) -> tuple[Options, bool]:
+    if opts.seed is not None:
+        return opts, False
+    seed = secrets.randbelow(2**31)
+    log.info("no --seed given: drew %d (recorded in maps.json)", seed)
+    return replace(opts, seed=seed), True
+
+
+def _data_table(table: pd.DataFrame, rows) -> pd.DataFrame:
+    columns = [c for c in DATA_COLUMNS if c in table.columns]
+    return table.iloc[list(rows)][columns].sort_values(["participant_id", "session_id", "tensor"])
+
+
+def _write_maps(root: Path, opts: Options, seed_drawn: bool, table: pd.DataFrame, info, splits,
+                summary: pd.DataFrame, duplicates: pd.DataFrame, catalog: pd.DataFrame,
+                command: list[str]) -> None:
+    layout = MapsLayout(root)
+    shapes = sorted({tuple(s) for s in table["shape"]})
+    participants = sorted(table["participant_id"].unique())
+    maps = {
+        "neurodl_version": __version__,
+        "options": {k: v for k, v in resolved(opts).items() if k not in RUN_CONTROL},
+        "seed": opts.seed,
+        "seed_drawn": seed_drawn,
+        "label": info.as_dict(),
+        "preprocessing": json.loads(catalog["preprocessing"].iloc[0]),
+        "tensor_shape": list(shapes[0]) if len(shapes) == 1 else [list(s) for s in shapes],
+        "data": {
+            "n_images": len(table),
+            "n_participants": len(participants),
+            "n_units": int(table["unit"].nunique()),
+            "n_duplicate_images": len(duplicates),
+            "labels_sha256": files_sha256(_label_files(opts.bids_path, participants)),
+            "tensors_sha256": rows_sha256([f"{r.tensor}\t{r.source_sha256}\t{r.data_sha256}"
+                                           for r in table.itertuples()]),
+        },
+        "splits": {"n_splits": opts.n_splits, "n_test_images": len(splits.test),
+                   "n_images": [[len(t), len(v)] for t, v in splits.folds]},
+    }
+    write_json(layout.maps_json, maps)
+    write_json(layout.environment_json, environment(command))
+    if splits.test:
+        write_tsv(layout.group_data("test"), _data_table(table, splits.test))
+    for i, (train, validation) in enumerate(splits.folds):
+        write_tsv(layout.split_data("train", i), _data_table(table, train))
+        write_tsv(layout.split_data("validation", i), _data_table(table, validation))
+    seen = sorted(set(range(len(table))) - set(splits.test))
+    write_tsv(layout.train_validation_tsv,
+              _data_table(table, seen)[["participant_id", "session_id", "tensor", "unit",
+                                        "data_sha256", "source_sha256"]])
+    write_tsv(layout.split_summary_tsv, summary)
+    write_tsv(layout.duplicates_tsv, duplicates)
+
+
+def _replace_dir(new: Path, final: Path) -> None:
+    """Move ``new`` onto ``final``; an old ``final`` is removed only once ``new`` is in place."""
+    old = None
+    if final.exists():
+        old = final.with_name(f".{final.name}.old-{os.getpid()}")
+        final.rename(old)
+    new.rename(final)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def run_split(opts: Options, command: list[str]) -> MapsLayout:
+    """Label, find duplicates, split, and write the MAPS; returns its layout."""
+    layout = MapsLayout.under(opts.output_path, opts.maps_name)
+    if layout.root.exists() and not opts.overwrite:
+        raise UsageError(f"the MAPS {layout.root} already exists; choose another --maps-name, "
+                         "run later stages with --stages train evaluate, or replace it with "
+                         "--overwrite")
+    catalog = read_catalog(opts.output_path, opts.participant_label, opts.session_label)
+    units, duplicates = find_duplicates(catalog)
+    catalog = catalog.assign(unit=units)
+    table, info = attach_labels(catalog, opts.bids_path, opts.label, opts.task,
+                                opts.drop_invalid_labels)
+    table = table.reset_index(drop=True)
+    opts, drawn = _seeded(opts)
+    splits = make_splits(table, opts.task, opts.n_splits, opts.test_size, opts.validation_size,
+                         opts.seed)
+    summary = split_summary(table, splits, opts.task)
+    try:
+        layout.root.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{layout.root.name}.", dir=layout.root.parent))
+    except OSError as exc:
+        raise OutputError(f"cannot create {layout.root.parent} ({exc.strerror})") from exc
+    try:
+        os.chmod(tmp, 0o755)
+        _write_maps(tmp, opts, drawn, table, info, splits, summary, duplicates, catalog, command)
+        _replace_dir(tmp, layout.root)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    log.info("MAPS %s: %d images of %d participants; %d test image(s); %d split(s) of "
+             "train/validation images %s", layout.root, len(table), table["participant_id"].nunique(),
+             len(splits.test), len(splits.folds),
+             ", ".join(f"{len(t)}/{len(v)}" for t, v in splits.folds))
+    return layout
