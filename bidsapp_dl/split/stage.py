@@ -97,7 +97,7 @@ def _write_maps(root: Path, opts: Options, seed_drawn: bool, table: pd.DataFrame
     write_tsv(layout.train_validation_tsv,
               _data_table(table, seen)[["participant_id", "session_id", "tensor", "unit",
                                         "data_sha256", "source_sha256"]])
-    write_tsv(layout.split_summary_tsv, summary)
+    write_tsv(layout.split_summary_tsv, summary.round(6))
     write_tsv(layout.duplicates_tsv, duplicates)
 
 

@@ -136,6 +136,21 @@ def test_regression_on_per_session_age(bids, neurodl):
     assert (per > 1).any()
 
 
+def test_regression_label_that_is_not_a_number(bids, neurodl):
+    participants = (bids / "participants.tsv").read_text().splitlines()
+    header = participants[0] + "\tmmse"
+    rows = [f"{row}\t{'30+' if i == 2 else 20 + i}" for i, row in enumerate(participants[1:])]
+    (bids / "participants.tsv").write_text("\n".join([header, *rows]) + "\n")
+    bad = rows[2].split("\t")[0]
+    code, err = split(neurodl, bids, "--task", "regression", "--label", "mmse", "--n-splits", "2")
+    assert code == 65 and bad in err and "30+" in err and "--drop-invalid-labels" in err
+    code, err = split(neurodl, bids, "--task", "regression", "--label", "mmse", "--n-splits", "2",
+                      "--drop-invalid-labels", "--seed", "3")
+    assert code == 0, err
+    meta = json.loads((bids / "derivatives/neurodl/maps/regression-mmse/maps.json").read_text())
+    assert any(d.startswith(bad) for d in meta["label"]["dropped"])
+
+
 def test_no_tensors_exit_66(bids, neurodl):
     out = bids / "derivatives" / "empty"
     code, err = neurodl(bids, out, "group", "--stages", "split")
