@@ -9,7 +9,7 @@ from .errors import UsageError
 
 log = logging.getLogger(__name__)
 
-AVAILABLE = ("split",)
+AVAILABLE = ("split", "train", "evaluate")
 
 
 def run_group(opts: Options, command: list[str]) -> None:
@@ -27,3 +27,11 @@ def run_group(opts: Options, command: list[str]) -> None:
             from .split.stage import run_split
 
             run_split(opts, command)
+        elif stage == "train":
+            from .train.stage import run_train
+
+            run_train(opts)
+        elif stage == "evaluate":
+            from .evaluate.stage import run_evaluate
+
+            run_evaluate(opts)

@@ -56,14 +56,37 @@ def _fail(message: str, code: int) -> int:
     return code
 
 
+def _list_models(argv: list[str]) -> int:
+    """``--list-models [--input-shape C X Y Z | C H W]``: the architectures, without any data."""
+    import argparse
+
+    parser = argparse.ArgumentParser(prog="neurodl --list-models")
+    parser.add_argument("--list-models", action="store_true")
+    parser.add_argument("--input-shape", type=int, nargs="+", default=[1, 169, 208, 179],
+                        metavar="N", help="channel-first sample shape, e.g. 1 169 208 179 or 1 208 179")
+    args = parser.parse_args(argv)
+    if len(args.input_shape) not in (3, 4):
+        parser.error("--input-shape: C X Y Z for 3D samples, C H W for slices")
+    from ..models import list_models
+
+    print(list_models(tuple(args.input_shape)))
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run neurodl; returns the exit code."""
     from .options import parse_args, resolved
 
+    args = list(sys.argv[1:] if argv is None else argv)
+    if "--list-models" in args:
+        try:
+            return _list_models(args)
+        except SystemExit as exc:  # argparse: --help (0) or a usage error
+            return 0 if exc.code == 0 else 64
     log_path = None
     try:
         try:
-            opts, verbosity = parse_args(argv)
+            opts, verbosity = parse_args(args)
         except SystemExit as exc:  # argparse: --help, --version, or a usage error (64)
             return exc.code if isinstance(exc.code, int) else 64
         _setup_logging(verbosity)
@@ -86,7 +109,7 @@ def main(argv: list[str] | None = None) -> int:
         else:
             from ..group import run_group
 
-            run_group(opts, ["neurodl", *(sys.argv[1:] if argv is None else argv)])
+            run_group(opts, ["neurodl", *args])
         return 0
     except NeurodlError as exc:
         log.debug("failed", exc_info=True)

@@ -139,6 +139,84 @@ class Options:
         "only these splits (e.g. one cluster job per split; default all)", "group", nargs="+",
         metavar="I"))
 
+    # --- what a sample is ------------------------------------------------------------------
+    mode: Literal["image", "patch", "roi", "slice"] = field(default="image", metadata=_opt(
+        "what one sample is: the whole image, a 3D patch, a 2D slice, or a region of interest",
+        "mode"))
+    patch_size: int = field(default=50, metadata=_opt("patch edge in voxels (patch mode)", "mode",
+                                                       metavar="N"))
+    stride: int = field(default=50, metadata=_opt("distance between patches (patch mode)", "mode",
+                                                   metavar="N"))
+    slice_axis: Literal[0, 1, 2] = field(default=0, metadata=_opt(
+        "0 sagittal, 1 coronal, 2 axial (slice mode)", "mode"))
+    discarded_slices: list[int] = field(default_factory=lambda: [0, 0], metadata=_opt(
+        "slices left out at the start and end of the axis (slice mode): one or two numbers",
+        "mode", nargs="+", metavar="N"))
+    slice_channels: Literal["single", "rgb"] = field(default="single", metadata=_opt(
+        "one channel, or the slice copied into three (slice mode)", "mode"))
+    roi_mask: list[str] = field(default_factory=list, metadata=_opt(
+        "binary NIfTI masks in the space of the stored tensors, one sample per mask (roi mode)",
+        "mode", nargs="+", metavar="FILE"))
+    roi_labels: list[int] = field(default_factory=list, metadata=_opt(
+        "label values of each image's segmentation stored with --with-dseg, one sample per "
+        "value (roi mode)", "mode", nargs="+", metavar="VALUE"))
+    roi_box: list[int] = field(default_factory=list, metadata=_opt(
+        "with --roi-labels: a fixed box (X Y Z voxels) centred on each region, so that every "
+        "participant gives samples of one size", "mode", nargs=3, metavar=("X", "Y", "Z")))
+
+    # --- training --------------------------------------------------------------------------
+    architecture: Optional[str] = field(default=None, metadata=_opt(
+        "network (--list-models shows them; default: Conv5_FC3 in 3D, CNN2D for slices, "
+        "AE_Conv5_FC3 for reconstruction)", "training", metavar="NAME"))
+    epochs: int = field(default=20, metadata=_opt("maximum number of epochs", "training",
+                                                   metavar="N"))
+    batch_size: int = field(default=8, metadata=_opt("samples per batch", "training", metavar="N"))
+    learning_rate: float = field(default=1e-4, metadata=_opt("learning rate", "training",
+                                                             metavar="LR"))
+    weight_decay: float = field(default=1e-4, metadata=_opt("weight decay", "training",
+                                                            metavar="WD"))
+    optimizer: Literal["Adam", "AdamW", "SGD", "RMSprop"] = field(default="Adam", metadata=_opt(
+        "optimizer", "training"))
+    scheduler: Literal["none", "plateau", "cosine", "step"] = field(default="none", metadata=_opt(
+        "learning-rate schedule: plateau (halve when the validation loss stalls), cosine, "
+        "step (x0.1 every third of the epochs)", "training"))
+    dropout: float = field(default=0.5, metadata=_opt("dropout before the dense layers",
+                                                      "training", metavar="P"))
+    patience: int = field(default=0, metadata=_opt(
+        "stop after this many epochs without validation-loss improvement (0: never)", "training",
+        metavar="N"))
+    tolerance: float = field(default=0.0, metadata=_opt(
+        "an improvement of the validation loss smaller than this does not count", "training",
+        metavar="T"))
+    accumulation_steps: int = field(default=1, metadata=_opt(
+        "batches whose gradients are summed before each optimizer step", "training",
+        metavar="N"))
+    selection_metrics: list[str] = field(default_factory=lambda: ["loss"], metadata=_opt(
+        "validation metrics for which the best model is kept (e.g. loss BA)", "training",
+        nargs="+", metavar="METRIC"))
+    selection_threshold: Optional[float] = field(default=None, metadata=_opt(
+        "patch/slice/roi positions whose validation balanced accuracy is below this get no vote "
+        "in the image-level prediction", "training", metavar="BA"))
+    data_augmentation: list[str] = field(default_factory=list, metadata=_opt(
+        "augmentations applied in training only: noise intensity affine bias blur flip",
+        "training", nargs="+", metavar="NAME"))
+    sampler: Literal["random", "weighted"] = field(default="random", metadata=_opt(
+        "random order, or weighted by the inverse class frequency", "training"))
+    evaluate_train: bool = field(default=False, metadata=_opt(
+        "after each epoch, evaluate the training set in a second pass (metrics otherwise come "
+        "from the training pass itself)", "training"))
+    amp: bool = field(default=False, metadata=_opt(
+        "automatic mixed precision on CUDA (bf16 where supported)", "training"))
+    deterministic: bool = field(default=False, metadata=_opt(
+        "deterministic algorithms only (slower on GPUs; the CPU is deterministic anyway)",
+        "training"))
+    num_workers: int = field(default=0, metadata=_opt("data loader worker processes", "training",
+                                                      metavar="N"))
+    cache_data: bool = field(default=False, metadata=_opt(
+        "load every tensor into memory once (small datasets)", "training"))
+    resume: bool = field(default=False, metadata=_opt(
+        "continue an interrupted training from its last checkpoint", "training"))
+
     @property
     def bids_path(self) -> Path:
         return Path(self.bids_dir).expanduser().absolute()
@@ -159,6 +237,8 @@ GROUP_TITLES = {
     "resources": "resources and run control",
     "participant": "participant level (tensor extraction)",
     "group": "group level (labels, splits, the MAPS)",
+    "mode": "group level: samples (mode)",
+    "training": "group level: training",
 }
 
 CLI_FIELDS = list(fields(Options))
@@ -200,6 +280,7 @@ def build_parser() -> Parser:
         description="neurodl: reproducible, leakage-proof deep learning on BIDS datasets "
                     "(a BIDS App). Participant level: every selected image becomes a "
                     "memory-mapped tensor. Group level: split, train, evaluate, into a MAPS.",
+        epilog="neurodl --list-models [--input-shape C X Y Z] lists the network architectures.",
     )
     # argparse-dataclass adds every field to the parser itself; regroup them for --help
     by_dest = {a.dest: a for a in parser._actions}
@@ -368,6 +449,16 @@ def check(opts: Options) -> Options:
     bad_splits = [i for i in opts.splits if not 0 <= i < opts.n_splits]
     if bad_splits:
         raise UsageError(f"--splits {bad_splits}: splits are numbered 0 to {opts.n_splits - 1}")
+    for name in ("epochs", "batch_size", "accumulation_steps", "patch_size", "stride"):
+        if getattr(opts, name) < 1:
+            raise UsageError(f"--{name.replace('_', '-')} {getattr(opts, name)}: must be at least 1")
+    if opts.num_workers < 0 or opts.patience < 0 or opts.learning_rate <= 0:
+        raise UsageError("--num-workers and --patience cannot be negative, --learning-rate must "
+                         "be positive")
+    if len(opts.discarded_slices) not in (1, 2) or min(opts.discarded_slices) < 0:
+        raise UsageError(f"--discarded-slices {opts.discarded_slices}: one or two numbers >= 0")
+    if opts.mode == "roi" and not (opts.roi_mask or opts.roi_labels):
+        raise UsageError("--mode roi needs --roi-mask FILE... or --roi-labels VALUE...")
     if opts.label is None and opts.task != "reconstruction":
         opts = replace(opts, label="diagnosis" if opts.task == "classification" else "age")
     if opts.maps_name is None:

@@ -104,6 +104,10 @@ class MapsLayout:
     def model(self, split: int, metric: str) -> Path:
         return self.best_dir(split, metric) / "model.pt"
 
+    def selection_json(self, split: int, metric: str) -> Path:
+        """Which epoch gave ``best-<metric>/model.pt``, and its validation value."""
+        return self.best_dir(split, metric) / "selection.json"
+
     def prediction_tsv(self, split: int, metric: str, group: str, level: str) -> Path:
         folder = self.best_dir(split, metric) / safe_name(group, "group name")
         return folder / f"{group}_{safe_name(level, 'level')}_level_prediction.tsv"

@@ -114,6 +114,9 @@ def _replace_dir(new: Path, final: Path) -> None:
 
 def run_split(opts: Options, command: list[str]) -> MapsLayout:
     """Label, find duplicates, split, and write the MAPS; returns its layout."""
+    from ..train.experiment import check_selection_metrics
+
+    check_selection_metrics(opts)
     layout = MapsLayout.under(opts.output_path, opts.maps_name)
     if layout.root.exists() and not opts.overwrite:
         raise UsageError(f"the MAPS {layout.root} already exists; choose another --maps-name, "

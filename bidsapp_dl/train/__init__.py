@@ -1,0 +1,1 @@
+"""Training: passes, the per-split trainer with checkpoints and resume, the train stage."""

@@ -1,0 +1,168 @@
+"""An experiment: the options recorded in a MAPS, and the objects they build.
+
+Later stages (train, evaluate) take the experiment from ``maps.json``, so that one cluster job
+per split, or a resumed job, trains exactly what was split. Only run-control options (which
+splits, resume, workers, device...) come from the command line of the later job.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import MISSING, dataclass, fields
+from functools import cached_property
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from ..cli.options import Options
+from ..errors import InputMissingError, UsageError
+from ..maps.layout import MapsLayout
+
+log = logging.getLogger(__name__)
+
+# what may differ between the job that split and a later job on the same MAPS
+RUN_CONTROL = ("bids_dir", "output_dir", "analysis_level", "stages", "splits", "resume",
+               "overwrite", "num_workers", "device", "nprocs", "work_dir", "config", "amp",
+               "cache_data", "participant_label", "session_label", "maps_name")
+SELECTION = {
+    "classification": ("loss", "BA", "accuracy", "sensitivity", "specificity", "PPV", "NPV", "F1",
+                       "MCC", "AUC"),
+    "regression": ("loss", "MAE", "RMSE", "R2"),
+    "reconstruction": ("loss", "MAE", "RMSE"),
+}
+
+
+def check_selection_metrics(opts: Options) -> None:
+    allowed = SELECTION[opts.task]
+    bad = [m for m in opts.selection_metrics if m not in allowed]
+    if bad:
+        raise UsageError(f"--selection-metrics {' '.join(bad)}: not a {opts.task} metric; choose "
+                         f"from {' '.join(allowed)}")
+
+
+def load_experiment(opts: Options) -> Experiment:
+    """The experiment of the MAPS ``opts.maps_name``, with this job's run-control options."""
+    layout = MapsLayout.under(opts.output_path, opts.maps_name)
+    if not layout.exists():
+        raise InputMissingError(f"no MAPS at {layout.root}: run --stages split first (or check "
+                                "--maps-name)")
+    maps = json.loads(layout.maps_json.read_text(encoding="utf-8"))
+    known = {f.name for f in fields(Options)}
+    recorded = {k: v for k, v in maps["options"].items() if k in known}
+    merged = Options(**{**recorded, **{k: getattr(opts, k) for k in RUN_CONTROL}})
+    ignored = [k for k in known - set(RUN_CONTROL)
+               if getattr(opts, k) != getattr(merged, k) and getattr(opts, k) != _default(k)
+               and not (k == "label" and opts.label in ("diagnosis", "age"))]  # filled-in defaults
+    if ignored:
+        log.warning("the MAPS %s was made with other values of %s: the recorded ones are used "
+                    "(a new experiment needs a new --maps-name)", opts.maps_name, ", ".join(sorted(ignored)))
+    return Experiment(merged, layout, maps)
+
+
+def _default(name: str):
+    f = Options.__dataclass_fields__[name]
+    return f.default_factory() if f.default_factory is not MISSING else f.default
+
+
+@dataclass
+class Experiment:
+    """Options, MAPS and what they define (classes, sample shape, extractor, model)."""
+
+    opts: Options
+    layout: MapsLayout
+    maps: dict
+
+    @property
+    def task(self) -> str:
+        return self.opts.task
+
+    @property
+    def seed(self) -> int:
+        return int(self.maps["seed"])
+
+    @property
+    def classes(self) -> list[str]:
+        return list(self.maps["label"].get("classes") or [])
+
+    @property
+    def code(self) -> dict[str, int]:
+        return dict(self.maps["label"].get("code") or {})
+
+    @property
+    def n_outputs(self) -> int:
+        return len(self.classes) if self.task == "classification" else 1
+
+    @property
+    def root(self) -> Path:
+        """OUTPUT_DIR, where the tensor paths of the data tables are relative to."""
+        return self.opts.output_path
+
+    def splits(self) -> list[int]:
+        written = self.layout.splits_written()
+        if not written:
+            raise InputMissingError(f"the MAPS {self.layout.root} has no splits; run --stages split")
+        wanted = self.opts.splits or written
+        missing = [i for i in wanted if i not in written]
+        if missing:
+            raise UsageError(f"--splits {missing}: the MAPS has splits {written}")
+        return wanted
+
+    def table(self, group: str, split: int | None = None) -> pd.DataFrame:
+        path = (self.layout.split_data(group, split) if group in ("train", "validation")
+                else self.layout.group_data(group))
+        return pd.read_csv(path, sep="\t", dtype={"participant_id": str, "session_id": str,
+                                                  "label": str if self.task == "classification"
+                                                  else float},
+                           keep_default_na=False, na_values={"label": ["n/a"]})
+
+    @cached_property
+    def reference(self) -> tuple[tuple[int, int, int], np.ndarray]:
+        """Shape and affine of the stored tensors (from one sidecar), for ROI masks."""
+        table = self.table("train", self.layout.splits_written()[0])
+        sidecar = (self.root / table["tensor"].iloc[0]).with_suffix(".json")
+        meta = json.loads(sidecar.read_text(encoding="utf-8"))
+        return tuple(meta["Shape"]), np.array(meta["Affine"])
+
+    @cached_property
+    def extractor(self):
+        from ..extract.modes import make_extractor
+
+        o = self.opts
+        if o.mode == "patch":
+            return make_extractor("patch", patch_size=o.patch_size, stride=o.stride)
+        if o.mode == "slice":
+            return make_extractor("slice", axis=o.slice_axis, channels=o.slice_channels,
+                                  discarded_slices=tuple(o.discarded_slices))
+        if o.mode == "roi":
+            from ..extract.roi import RoiExtractor
+
+            if o.roi_labels:
+                raise UsageError("--roi-labels is not available in this version; give binary "
+                                 "masks with --roi-mask")
+            shape, affine = self.reference
+            return RoiExtractor.from_mask_files(o.roi_mask, shape, affine)
+        return make_extractor("image")
+
+    def dataset(self, table: pd.DataFrame, train: bool):
+        from ..data import Augment, TensorDataset
+
+        augment = Augment(self.opts.data_augmentation) if train and self.opts.data_augmentation \
+            else None
+        return TensorDataset(self.root, table, self.extractor, self.task,
+                             label_code=self.code or None, augment=augment,
+                             cache=self.opts.cache_data)
+
+    def architecture(self, sample_shape: tuple[int, ...]) -> str:
+        from ..models import check_fit, default_architecture
+
+        name = self.opts.architecture or default_architecture(self.task, len(sample_shape) - 1)
+        check_fit(name, self.task, tuple(sample_shape))
+        return name
+
+    def model(self, sample_shape: tuple[int, ...]):
+        from ..models import build_model
+
+        return build_model(self.architecture(sample_shape), self.task, tuple(sample_shape),
+                           self.n_outputs, dropout=self.opts.dropout)
