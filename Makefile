@@ -18,10 +18,19 @@ $(VENV)/.installed: pyproject.toml
 	$(PIP) install --quiet -e ".[test]"
 	touch $@
 
+# trivial data (one hemisphere darker in AD), 4 mm tensors: a few minutes on 2 CPU cores
 demo: venv
-	$(VENV)/bin/neurodl-generate $(DEMO)/bids --kind shepplogan --n-subjects 8 --sessions 2 --seed 42 --overwrite
-	$(PY) run.py $(DEMO)/bids $(DEMO)/bids/derivatives/neurodl participant --nprocs 2
-	@echo "Tensors and sidecars are in $(DEMO)/bids/derivatives/neurodl"
+	$(VENV)/bin/neurodl-generate $(DEMO)/bids --kind trivial --n-subjects 40 --sessions 1 --seed 42 --voxel-size 3 --overwrite
+	$(PY) run.py $(DEMO)/bids $(DEMO)/bids/derivatives/neurodl participant --nprocs 2 \
+		--voxel-size 4 --target-shape 48 56 48
+	$(PY) run.py $(DEMO)/bids $(DEMO)/bids/derivatives/neurodl group --maps-name demo --overwrite \
+		--task classification --label diagnosis --mode image --architecture Conv5_FC3 \
+		--n-splits 2 --test-size 0.25 --epochs 15 --batch-size 4 --learning-rate 1e-3 \
+		--selection-metrics loss BA --seed 42
+	@$(PY) -c "import pandas as p; s = p.read_csv('$(DEMO)/bids/derivatives/neurodl/maps/demo/summary.tsv', sep='\t'); \
+		r = s[(s.group == 'test') & (s.level == 'image') & (s.metric == 'BA') & (s.selection == 'BA')].iloc[0]; \
+		print(f'test balanced accuracy (image level, best-BA models): {r[\"mean\"]:.3f} +/- {r.sd:.3f} over {r.n_splits} splits')"
+	@echo "MAPS: $(DEMO)/bids/derivatives/neurodl/maps/demo"
 
 test: venv
 	$(VENV)/bin/pytest $(PYTEST_ARGS)

@@ -35,3 +35,4 @@ def run_group(opts: Options, command: list[str]) -> None:
             from .evaluate.stage import run_evaluate
 
             run_evaluate(opts)
+    log.info("MAPS: %s", opts.output_path / "maps" / opts.maps_name)

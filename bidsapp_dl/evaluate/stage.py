@@ -103,7 +103,7 @@ def _image_loss(task: str, frame: pd.DataFrame) -> float:
     if task == "regression":
         true, pred = _arrays(task, frame)
         return float(np.mean((true - pred) ** 2))
-    return float("nan")
+    return float(np.mean(frame["RMSE"].to_numpy() ** 2))  # the mean squared error per voxel
 
 
 def _metrics(exp: Experiment, frame: pd.DataFrame, loss: float, seed: int) -> pd.DataFrame:
@@ -120,7 +120,10 @@ def _metrics(exp: Experiment, frame: pd.DataFrame, loss: float, seed: int) -> pd
 def _table(exp: Experiment, frame: pd.DataFrame, level: str) -> pd.DataFrame:
     info = frame[["participant_id", "session_id"]]
     if exp.task == "reconstruction":
-        return reconstruction_table(info, frame[list(RECONSTRUCTION_METRICS)].to_dict("records"))
+        table = reconstruction_table(info, frame[list(RECONSTRUCTION_METRICS)].to_dict("records"))
+        if level != "image":
+            table.insert(2, f"{level}_id", frame["sample_index"].to_numpy())
+        return table
     true, values = _arrays(exp.task, frame)
     sample = frame["sample_index"].to_numpy() if level != "image" else None
     return prediction_table(info, true, values, exp.task, exp.classes or None,
@@ -133,7 +136,7 @@ def _image_level(exp: Experiment, samples: pd.DataFrame, weights) -> pd.DataFram
     if exp.task == "reconstruction":
         keys = ["image_index", "participant_id", "session_id"]
         return samples.groupby(keys, sort=False)[list(RECONSTRUCTION_METRICS)].mean().reset_index()
-    return soft_vote(samples.drop(columns="sample_index"), weights, exp.task)
+    return soft_vote(samples, weights, exp.task)
 
 
 def evaluate_split(exp: Experiment, split: int, device) -> list[pd.DataFrame]:

@@ -1,0 +1,220 @@
+"""Training and evaluation end to end: tasks × modes, resume after a kill, reruns, cluster use."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pandas as pd
+import pytest
+
+from bidsapp_dl.generate import generate_dataset
+
+from ..conftest import ROOT, run_script
+
+TINY = ["--voxel-size", "8", "--target-shape", "24", "28", "24"]
+FAST = ["--epochs", "2", "--batch-size", "4", "--learning-rate", "1e-3", "--n-splits", "2",
+        "--test-size", "0.25", "--seed", "5"]
+
+
+def read(path: Path) -> pd.DataFrame:
+    return pd.read_csv(path, sep="\t", dtype=str, keep_default_na=False)
+
+
+@pytest.fixture(scope="module")
+def extracted(tmp_path_factory) -> Path:
+    bids = tmp_path_factory.mktemp("train") / "bids"
+    generate_dataset(bids, kind="trivial", n_subjects=12, sessions=1, seed=4, voxel_size=6.0)
+    run = run_script(bids, bids / "derivatives" / "neurodl", "participant", *TINY, "--nprocs", "2")
+    assert run.returncode == 0, run.stderr
+    return bids
+
+
+@pytest.fixture
+def bids(extracted, tmp_path) -> Path:
+    dest = tmp_path / "bids"
+    shutil.copytree(extracted, dest)
+    return dest
+
+
+def out_of(bids: Path) -> Path:
+    return bids / "derivatives" / "neurodl"
+
+
+def outputs(maps: Path) -> dict[str, bytes]:
+    """Every prediction and metric table of a MAPS."""
+    return {p.relative_to(maps).as_posix(): p.read_bytes()
+            for p in sorted(maps.glob("split-*/best-*/*/*.tsv"))}
+
+
+def roi_mask(bids: Path, tmp_path: Path) -> Path:
+    meta = json.loads(next(out_of(bids).rglob("*_desc-tensor_T1w.json")).read_text())
+    mask = np.zeros(meta["Shape"], np.uint8)
+    mask[6:18, 8:20, 6:18] = 1
+    path = tmp_path / "label-box_mask.nii.gz"
+    nib.save(nib.Nifti1Image(mask, np.array(meta["Affine"])), path)
+    return path
+
+
+@pytest.mark.parametrize("task, mode, extra", [
+    ("classification", "image", []),
+    ("classification", "patch", ["--patch-size", "12", "--stride", "12", "--architecture",
+                                 "Conv4_FC3"]),
+    ("classification", "slice", ["--slice-axis", "2", "--discarded-slices", "6"]),
+    ("classification", "roi", ["--architecture", "Conv4_FC3"]),
+    ("regression", "image", ["--label", "age", "--architecture", "ResNet3D"]),
+    ("regression", "slice", ["--label", "age", "--slice-axis", "1", "--discarded-slices", "8"]),
+    ("reconstruction", "image", []),
+    ("reconstruction", "patch", ["--patch-size", "18", "--stride", "6", "--architecture", "VAE"]),
+])
+def test_task_and_mode_end_to_end(bids, neurodl, tmp_path, task, mode, extra):
+    if mode == "roi":
+        extra = [*extra, "--roi-mask", roi_mask(bids, tmp_path)]
+    selection = {"classification": ["loss", "BA"], "regression": ["loss", "MAE"],
+                 "reconstruction": ["loss"]}[task]
+    code, err = neurodl(bids, out_of(bids), "group", "--task", task, "--mode", mode,
+                        "--maps-name", "m", *FAST, "--selection-metrics", *selection, *extra)
+    assert code == 0, err
+    maps = out_of(bids) / "maps" / "m"
+    for split in (0, 1):
+        log = read(maps / f"split-{split}/training_logs/training.tsv")
+        assert list(log["epoch"]) == ["0", "1"]
+        assert "train_loss" in log.columns and "validation_loss" in log.columns
+        assert any((maps / f"split-{split}/training_logs/tensorboard").iterdir())
+        for metric in selection:
+            assert (maps / f"split-{split}/best-{metric}/model.pt").is_file()
+            for group in ("train", "validation", "test"):
+                levels = ["image"] + ([mode] if mode != "image" else [])
+                for level in levels:
+                    folder = maps / f"split-{split}/best-{metric}/{group}"
+                    pred = read(folder / f"{group}_{level}_level_prediction.tsv")
+                    metrics = read(folder / f"{group}_{level}_level_metrics.tsv")
+                    assert list(metrics.columns) == ["metric", "value", "ci_lower", "ci_upper"]
+                    assert list(pred.columns[:2]) == ["participant_id", "session_id"]
+                    if level != "image":
+                        assert f"{mode}_id" in pred.columns
+                    n_images = len(read(maps / "groups" / (
+                        f"{group}/split-{split}/data.tsv" if group != "test" else "test/data.tsv")))
+                    if level == "image":
+                        assert len(pred) == n_images
+                    if task == "classification":
+                        assert {"true_label", "predicted_label", "proba_AD", "proba_CN"} <= set(pred)
+                        assert set(pred["predicted_label"]) <= {"AD", "CN"}
+                        assert "BA" in set(metrics["metric"]) and "AUC" in set(metrics["metric"])
+                    elif task == "regression":
+                        assert set(metrics["metric"]) >= {"MAE", "RMSE", "R2", "loss"}
+                        pred["predicted_label"].astype(float)
+                    else:
+                        assert {"MAE", "RMSE", "PSNR", "SSIM"} <= set(pred.columns)
+    summary = read(maps / "summary.tsv")
+    assert {"group", "selection", "level", "metric", "mean", "sd", "n_splits"} <= set(summary)
+    assert set(summary[summary["metric"] == "loss"]["n_splits"]) == {"2"}
+    assert set(summary["n_splits"]) <= {"0", "1", "2"}  # 0 where a metric is undefined
+
+
+def test_trivial_data_is_learnt(bids, neurodl):
+    code, err = neurodl(bids, out_of(bids), "group", "--maps-name", "learn", "--epochs", "12",
+                        "--batch-size", "2", "--learning-rate", "1e-3", "--n-splits", "2",
+                        "--test-size", "0", "--seed", "1", "--selection-metrics", "BA")
+    assert code == 0, err
+    summary = read(out_of(bids) / "maps/learn/summary.tsv")
+    ba = summary[(summary["group"] == "validation") & (summary["metric"] == "BA") &
+                 (summary["level"] == "image")]["mean"].astype(float)
+    assert float(ba.iloc[0]) >= 0.8
+
+
+def test_same_command_twice_gives_identical_tables(bids, neurodl):
+    for name in ("a", "b"):
+        code, err = neurodl(bids, out_of(bids), "group", "--maps-name", name, *FAST,
+                            "--selection-metrics", "loss", "BA", "--data-augmentation", "noise",
+                            "intensity", "--sampler", "weighted")
+        assert code == 0, err
+    a, b = outputs(out_of(bids) / "maps/a"), outputs(out_of(bids) / "maps/b")
+    assert len(a) == 2 * 2 * 3 * 2 and a == b
+
+
+def test_cluster_jobs_per_split_give_the_same_maps(bids, neurodl):
+    out = out_of(bids)
+    assert neurodl(bids, out, "group", "--maps-name", "whole", *FAST)[0] == 0
+    assert neurodl(bids, out, "group", "--stages", "split", "--maps-name", "jobs", *FAST)[0] == 0
+    jobs = [subprocess.Popen([sys.executable, str(ROOT / "run.py"), str(bids), str(out), "group",
+                              "--stages", "train", "--maps-name", "jobs", "--splits", str(i)],
+                             stderr=subprocess.PIPE, text=True) for i in (0, 1)]
+    for job in jobs:
+        assert job.wait(timeout=600) == 0, job.stderr.read()
+    assert neurodl(bids, out, "group", "--stages", "evaluate", "--maps-name", "jobs")[0] == 0
+    whole, split = outputs(out / "maps/whole"), outputs(out / "maps/jobs")
+    assert whole and whole == split
+    assert (out / "maps/jobs/summary.tsv").read_bytes() == (out / "maps/whole/summary.tsv").read_bytes()
+
+
+def _rows(maps: Path, split: int) -> pd.DataFrame:
+    return read(maps / f"split-{split}/training_logs/training.tsv").drop(columns="time")
+
+
+def test_resume_after_kill_is_exact(bids, neurodl):
+    out = out_of(bids)
+    args = ["--epochs", "8", "--batch-size", "2", "--learning-rate", "1e-3", "--n-splits", "2",
+            "--test-size", "0.25", "--seed", "9", "--selection-metrics", "loss", "BA",
+            "--data-augmentation", "noise"]
+    assert neurodl(bids, out, "group", "--maps-name", "once", *args)[0] == 0
+    assert neurodl(bids, out, "group", "--stages", "split", "--maps-name", "killed", *args)[0] == 0
+    log = out / "maps/killed/split-0/training_logs/training.tsv"
+    job = subprocess.Popen([sys.executable, str(ROOT / "run.py"), str(bids), str(out), "group",
+                            "--stages", "train", "--maps-name", "killed"],
+                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 300
+    while time.time() < deadline and job.poll() is None:
+        if log.is_file() and len(log.read_text().splitlines()) >= 4:  # 3 epochs done
+            job.send_signal(signal.SIGKILL)
+            break
+        time.sleep(0.01)
+    job.wait()
+    assert job.returncode == -signal.SIGKILL, "the job ended before it could be killed"
+    done = len(read(log))
+    assert 3 <= done < 8
+    code, err = neurodl(bids, out, "group", "--stages", "train", "--maps-name", "killed")
+    assert code == 64 and "--resume" in err
+    code, err = neurodl(bids, out, "group", "--stages", "train", "evaluate", "--maps-name",
+                        "killed", "--resume")
+    assert code == 0, err
+    assert "resuming at epoch" in err
+    for split in (0, 1):
+        pd.testing.assert_frame_equal(_rows(out / "maps/once", split),
+                                      _rows(out / "maps/killed", split))
+    assert outputs(out / "maps/once") == outputs(out / "maps/killed")
+
+
+def test_group_level_errors(bids, neurodl, tmp_path):
+    out = out_of(bids)
+    code, err = neurodl(bids, out, "group", "--stages", "train", "--maps-name", "none")
+    assert code == 66 and "--stages split" in err
+    code, err = neurodl(bids, out, "group", "--maps-name", "x", *FAST, "--architecture",
+                        "CNN2D")
+    assert code == 64 and "Conv5_FC3" in err
+    code, err = neurodl(bids, out, "group", "--maps-name", "y", *FAST, "--architecture",
+                        "Conv5FC3")
+    assert code == 64 and "did you mean" in err
+    code, err = neurodl(bids, out, "group", "--maps-name", "z", *FAST, "--selection-metrics",
+                        "MAE")
+    assert code == 64 and "BA" in err
+    code, err = neurodl(bids, out, "group", "--maps-name", "w", *FAST, "--mode", "roi")
+    assert code == 64 and "--roi-mask" in err
+
+
+def test_list_models(capsys):
+    from bidsapp_dl.cli.main import main
+
+    assert main(["--list-models", "--input-shape", "1", "50", "50", "50"]) == 0
+    text = capsys.readouterr().out
+    for name in ("Conv5_FC3", "Conv4_FC3", "ResNet3D", "SqueezeExcitationCNN", "CNN2D",
+                 "AE_Conv5_FC3", "VAE", "Stride_Conv5_FC3"):
+        assert name in text
+    assert "1,692,372" in text or "1692372" in text
