@@ -17,8 +17,8 @@ from . import store
 
 log = logging.getLogger(__name__)
 
-COLUMNS = ["participant_id", "session_id", "tensor", "suffix", "shape", "dtype", "source",
-           "source_sha256", "data_sha256", "preprocessing", "dseg"]
+COLUMNS = ["participant_id", "session_id", "tensor", "suffix", "shape", "affine", "dtype",
+           "source", "source_sha256", "data_sha256", "preprocessing", "dseg"]
 HINT = "run the participant level first (neurodl BIDS_DIR OUTPUT_DIR participant)"
 
 
@@ -41,6 +41,8 @@ def _row(output_dir: Path, sidecar: Path) -> dict | None:
         "tensor": tensor.relative_to(output_dir).as_posix(),
         "suffix": ents.get("suffix", sidecar.stem.rsplit("_", 1)[-1]),
         "shape": tuple(meta["Shape"]),
+        # rounded to 1e-3 mm, so that grids that agree within that tolerance compare equal
+        "affine": tuple(round(float(v), 3) + 0.0 for row in meta["Affine"] for v in row),
         "dtype": meta["DataType"],
         "source": meta["Sources"][0],
         "source_sha256": meta["SourceSHA256"],

@@ -15,15 +15,17 @@ import tempfile
 from dataclasses import replace
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
 from .. import __version__
 from ..cli.options import Options, resolved
-from ..errors import OutputError, UsageError
+from ..errors import DataError, OutputError, UsageError
 from ..extract.catalog import read_catalog
 from ..maps.io import write_json, write_text
 from ..maps.layout import MapsLayout
 from ..maps.provenance import environment, files_sha256, rows_sha256
+from ..train.experiment import check_experiment
 from .duplicates import find_duplicates
 from .labels import attach_labels
 from .splits import make_splits, split_summary
@@ -114,15 +116,20 @@ def _replace_dir(new: Path, final: Path) -> None:
 
 def run_split(opts: Options, command: list[str]) -> MapsLayout:
     """Label, find duplicates, split, and write the MAPS; returns its layout."""
-    from ..train.experiment import check_selection_metrics
-
-    check_selection_metrics(opts)
     layout = MapsLayout.under(opts.output_path, opts.maps_name)
     if layout.root.exists() and not opts.overwrite:
         raise UsageError(f"the MAPS {layout.root} already exists; choose another --maps-name, "
                          "run later stages with --stages train evaluate, or replace it with "
                          "--overwrite")
     catalog = read_catalog(opts.output_path, opts.participant_label, opts.session_label)
+    if opts.mode == "roi" and opts.roi_mask and catalog["affine"].nunique() > 1:
+        raise DataError(
+            "--roi-mask needs every tensor on one grid (images in a template space, extracted "
+            "with --preprocessing none), but these tensors have "
+            f"{catalog['affine'].nunique()} different grids (minimal preprocessing centres each "
+            "image on its own head); use template-space derivatives, or --mode patch/slice/image")
+    check_experiment(opts, tuple(catalog["shape"].iloc[0]),
+                     np.array(catalog["affine"].iloc[0]).reshape(4, 4))
     units, duplicates = find_duplicates(catalog)
     catalog = catalog.assign(unit=units)
     table, info = attach_labels(catalog, opts.bids_path, opts.label, opts.task,

@@ -61,6 +61,44 @@ def load_experiment(opts: Options) -> Experiment:
     return Experiment(merged, layout, maps)
 
 
+def make_extractor_for(opts: Options, shape: tuple[int, ...], affine: np.ndarray):
+    """The sample extractor of ``opts.mode`` for tensors of this shape and affine."""
+    from ..extract.modes import make_extractor
+
+    if opts.mode == "patch":
+        return make_extractor("patch", patch_size=opts.patch_size, stride=opts.stride)
+    if opts.mode == "slice":
+        return make_extractor("slice", axis=opts.slice_axis, channels=opts.slice_channels,
+                              discarded_slices=tuple(opts.discarded_slices))
+    if opts.mode == "roi":
+        from ..extract.roi import RoiExtractor
+
+        if opts.roi_labels:
+            raise UsageError("--roi-labels is not available in this version; give binary masks "
+                             "with --roi-mask")
+        return RoiExtractor.from_mask_files(opts.roi_mask, shape, affine)
+    return make_extractor("image")
+
+
+def architecture_for(opts: Options, sample_shape: tuple[int, ...]) -> str:
+    """The architecture to train (given or default), checked against the task and sample shape."""
+    from ..models import check_fit, default_architecture
+
+    name = opts.architecture or default_architecture(opts.task, len(sample_shape) - 1)
+    check_fit(name, opts.task, tuple(sample_shape))
+    return name
+
+
+def check_experiment(opts: Options, shape: tuple[int, ...], affine: np.ndarray) -> None:
+    """Refuse, before anything is written, an experiment that cannot train on these tensors."""
+    check_selection_metrics(opts)
+    if "train" in opts.stages or "evaluate" in opts.stages or opts.architecture:
+        extractor = make_extractor_for(opts, shape, affine)
+        sample = extractor.sample_shape(shape) if opts.mode != "roi" else \
+            extractor.sample_shape(shape, 0)
+        architecture_for(opts, tuple(sample))
+
+
 def _default(name: str):
     f = Options.__dataclass_fields__[name]
     return f.default_factory() if f.default_factory is not MISSING else f.default
@@ -127,23 +165,8 @@ class Experiment:
 
     @cached_property
     def extractor(self):
-        from ..extract.modes import make_extractor
-
-        o = self.opts
-        if o.mode == "patch":
-            return make_extractor("patch", patch_size=o.patch_size, stride=o.stride)
-        if o.mode == "slice":
-            return make_extractor("slice", axis=o.slice_axis, channels=o.slice_channels,
-                                  discarded_slices=tuple(o.discarded_slices))
-        if o.mode == "roi":
-            from ..extract.roi import RoiExtractor
-
-            if o.roi_labels:
-                raise UsageError("--roi-labels is not available in this version; give binary "
-                                 "masks with --roi-mask")
-            shape, affine = self.reference
-            return RoiExtractor.from_mask_files(o.roi_mask, shape, affine)
-        return make_extractor("image")
+        shape, affine = self.reference
+        return make_extractor_for(self.opts, shape, affine)
 
     def dataset(self, table: pd.DataFrame, train: bool):
         from ..data import Augment, TensorDataset
@@ -155,11 +178,7 @@ class Experiment:
                              cache=self.opts.cache_data)
 
     def architecture(self, sample_shape: tuple[int, ...]) -> str:
-        from ..models import check_fit, default_architecture
-
-        name = self.opts.architecture or default_architecture(self.task, len(sample_shape) - 1)
-        check_fit(name, self.task, tuple(sample_shape))
-        return name
+        return architecture_for(self.opts, sample_shape)
 
     def model(self, sample_shape: tuple[int, ...]):
         from ..models import build_model

@@ -54,8 +54,8 @@ def outputs(maps: Path) -> dict[str, bytes]:
             for p in sorted(maps.glob("split-*/best-*/*/*.tsv"))}
 
 
-def roi_mask(bids: Path, tmp_path: Path) -> Path:
-    meta = json.loads(next(out_of(bids).rglob("*_desc-tensor_T1w.json")).read_text())
+def roi_mask(bids: Path, tmp_path: Path, out: Path | None = None) -> Path:
+    meta = json.loads(next((out or out_of(bids)).rglob("*_desc-tensor_T1w.json")).read_text())
     mask = np.zeros(meta["Shape"], np.uint8)
     mask[6:18, 8:20, 6:18] = 1
     path = tmp_path / "label-box_mask.nii.gz"
@@ -68,15 +68,12 @@ def roi_mask(bids: Path, tmp_path: Path) -> Path:
     ("classification", "patch", ["--patch-size", "12", "--stride", "12", "--architecture",
                                  "Conv4_FC3"]),
     ("classification", "slice", ["--slice-axis", "2", "--discarded-slices", "6"]),
-    ("classification", "roi", ["--architecture", "Conv4_FC3"]),
     ("regression", "image", ["--label", "age", "--architecture", "ResNet3D"]),
     ("regression", "slice", ["--label", "age", "--slice-axis", "1", "--discarded-slices", "8"]),
     ("reconstruction", "image", []),
     ("reconstruction", "patch", ["--patch-size", "18", "--stride", "6", "--architecture", "VAE"]),
 ])
 def test_task_and_mode_end_to_end(bids, neurodl, tmp_path, task, mode, extra):
-    if mode == "roi":
-        extra = [*extra, "--roi-mask", roi_mask(bids, tmp_path)]
     selection = {"classification": ["loss", "BA"], "regression": ["loss", "MAE"],
                  "reconstruction": ["loss"]}[task]
     code, err = neurodl(bids, out_of(bids), "group", "--task", task, "--mode", mode,
@@ -117,6 +114,28 @@ def test_task_and_mode_end_to_end(bids, neurodl, tmp_path, task, mode, extra):
     assert {"group", "selection", "level", "metric", "mean", "sd", "n_splits"} <= set(summary)
     assert set(summary[summary["metric"] == "loss"]["n_splits"]) == {"2"}
     assert set(summary["n_splits"]) <= {"0", "1", "2"}  # 0 where a metric is undefined
+
+
+def test_roi_mode_on_template_space_tensors(tmp_path, neurodl):
+    bids = tmp_path / "bids"
+    generate_dataset(bids, kind="trivial", n_subjects=8, sessions=1, seed=6, voxel_size=8.0,
+                     ras_only=True)
+    out = out_of(bids)
+    # minimal preprocessing centres every image on its head: no common grid for a mask
+    assert neurodl(bids, out, "participant", *TINY)[0] == 0
+    code, err = neurodl(bids, out, "group", "--mode", "roi", "--roi-mask", roi_mask(bids, tmp_path),
+                        "--maps-name", "r", *FAST)
+    assert code == 65 and "--preprocessing none" in err
+    # images on one grid (as in a template space), taken as they are
+    out2 = bids / "derivatives" / "grid"
+    assert neurodl(bids, out2, "participant", "--preprocessing", "none")[0] == 0
+    mask = roi_mask(bids, tmp_path, out2)
+    code, err = neurodl(bids, out2, "group", "--mode", "roi", "--roi-mask", mask,
+                        "--architecture", "Conv4_FC3", "--maps-name", "r", *FAST)
+    assert code == 0, err
+    pred = read(out2 / "maps/r/split-0/best-loss/test/test_roi_level_prediction.tsv")
+    assert set(pred["roi_id"]) == {"0"}
+    assert (out2 / "maps/r/split-0/best-loss/test/test_image_level_prediction.tsv").is_file()
 
 
 def test_trivial_data_is_learnt(bids, neurodl):
@@ -199,6 +218,7 @@ def test_group_level_errors(bids, neurodl, tmp_path):
     code, err = neurodl(bids, out, "group", "--maps-name", "x", *FAST, "--architecture",
                         "CNN2D")
     assert code == 64 and "Conv5_FC3" in err
+    assert not (out / "maps/x").exists()  # refused before anything was written
     code, err = neurodl(bids, out, "group", "--maps-name", "y", *FAST, "--architecture",
                         "Conv5FC3")
     assert code == 64 and "did you mean" in err
