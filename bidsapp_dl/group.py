@@ -9,7 +9,7 @@ from .errors import UsageError
 
 log = logging.getLogger(__name__)
 
-AVAILABLE = ("split", "train", "evaluate")
+AVAILABLE = ("split", "train", "evaluate", "predict")
 
 
 def run_group(opts: Options, command: list[str]) -> None:
@@ -35,4 +35,8 @@ def run_group(opts: Options, command: list[str]) -> None:
             from .evaluate.stage import run_evaluate
 
             run_evaluate(opts)
-    log.info("MAPS: %s", opts.output_path / "maps" / opts.maps_name)
+        elif stage == "predict":
+            from .evaluate.predict import predict_group
+
+            predict_group(opts, command)
+    log.info("MAPS: %s", opts.maps or opts.output_path / "maps" / opts.maps_name)

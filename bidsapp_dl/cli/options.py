@@ -139,6 +139,19 @@ class Options:
         "only these splits (e.g. one cluster job per split; default all)", "group", nargs="+",
         metavar="I"))
 
+    maps: Optional[str] = field(default=None, metadata=_opt(
+        "a MAPS anywhere (e.g. trained on another dataset), for predict and interpret; "
+        "--maps-name names one under OUTPUT_DIR/maps", "group", metavar="PATH"))
+    group_name: Optional[str] = field(default=None, metadata=_opt(
+        "the data group that predict and interpret write (e.g. the name of a new cohort)",
+        "group", metavar="NAME"))
+    best: list[str] = field(default_factory=list, metadata=_opt(
+        "predict and interpret with the best-<METRIC> models only (default: every selection "
+        "metric of the MAPS)", "group", nargs="+", metavar="METRIC"))
+    skip_leak_check: bool = field(default=False, metadata=_opt(
+        "predict on a group that shares participants or images with the training data anyway "
+        "(the results are then biased; recorded in the group's metadata)", "group"))
+
     # --- what a sample is ------------------------------------------------------------------
     mode: Literal["image", "patch", "roi", "slice"] = field(default="image", metadata=_opt(
         "what one sample is: the whole image, a 3D patch, a 2D slice, or a region of interest",
@@ -461,6 +474,10 @@ def check(opts: Options) -> Options:
         raise UsageError("--mode roi needs --roi-mask FILE... or --roi-labels VALUE...")
     if opts.label is None and opts.task != "reconstruction":
         opts = replace(opts, label="diagnosis" if opts.task == "classification" else "age")
+    if opts.maps and opts.maps_name:
+        raise UsageError("give --maps PATH or --maps-name NAME, not both")
+    if opts.maps:
+        opts = replace(opts, maps_name=Path(opts.maps).name)
     if opts.maps_name is None:
         label = re.sub(r"[^A-Za-z0-9._-]", "", opts.label or "")
         opts = replace(opts, maps_name=f"{opts.task}-{label}" if label and opts.task !=

@@ -48,9 +48,14 @@ def _groups(exp: Experiment, split: int) -> dict[str, pd.DataFrame]:
     return groups
 
 
-def predict_samples(exp: Experiment, model, table: pd.DataFrame, device) -> tuple[pd.DataFrame, float]:
-    """Sample-level predictions of ``model`` on the images of ``table``, and the mean loss."""
-    dataset = exp.dataset(table, train=False)
+def predict_samples(exp: Experiment, model, table: pd.DataFrame, device,
+                    root=None) -> tuple[pd.DataFrame, float]:
+    """Sample-level predictions of ``model`` on the images of ``table``, and the mean loss.
+
+    Tensors are under ``root`` (default: the MAPS's OUTPUT_DIR). Unknown labels (NaN) give
+    NaN targets: the loss is then meaningless and the caller leaves metrics out.
+    """
+    dataset = exp.dataset(table, train=False, root=root)
     loader = make_loader(dataset, exp.opts.batch_size, train=False,
                          num_workers=exp.opts.num_workers, pin_memory=device.type == "cuda")
     recon: list[dict] = []
@@ -88,7 +93,8 @@ def _values(task: str):
 def _arrays(task: str, frame: pd.DataFrame) -> tuple[np.ndarray, ...]:
     if task == "classification":
         proba = frame[[c for c in frame.columns if c.startswith("proba_")]].to_numpy()
-        return frame["true_label"].to_numpy().astype(int), proba
+        true = frame["true_label"].to_numpy(dtype=float)
+        return (true if np.isnan(true).any() else true.astype(int)), proba
     if task == "regression":
         return frame["true_label"].to_numpy(), frame["predicted"].to_numpy()
     return tuple(frame[m].to_numpy() for m in RECONSTRUCTION_METRICS)
@@ -157,6 +163,8 @@ def evaluate_split(exp: Experiment, split: int, device) -> list[pd.DataFrame]:
             # weights from the validation group only: the test group never shapes its own vote
             weights = sample_weights(predicted["validation"][0], exp.task,
                                      exp.opts.selection_threshold)
+            write_tsv(layout.voting_weights(split, selection),
+                      weights.rename("weight").rename_axis("sample_index").reset_index())
         for group, (samples, loss) in predicted.items():
             levels = {"image": (_image_level(exp, samples, weights), None)}
             if exp.opts.mode != "image":

@@ -108,6 +108,18 @@ class MapsLayout:
         """Which epoch gave ``best-<metric>/model.pt``, and its validation value."""
         return self.best_dir(split, metric) / "selection.json"
 
+    def voting_weights(self, split: int, metric: str) -> Path:
+        """Per sample position: its weight in image-level voting, from the validation group."""
+        return self.best_dir(split, metric) / "voting_weights.tsv"
+
+    def group_summary(self, group: str) -> Path:
+        """Demographics of a data group: n, label counts, age, sex, sessions."""
+        return self.group_data(group).with_name("summary.tsv")
+
+    def group_json(self, group: str) -> Path:
+        """Where a data group came from and which checks ran on it."""
+        return self.group_data(group).with_name("group.json")
+
     def prediction_tsv(self, split: int, metric: str, group: str, level: str) -> Path:
         folder = self.best_dir(split, metric) / safe_name(group, "group name")
         return folder / f"{group}_{safe_name(level, 'level')}_level_prediction.tsv"

@@ -76,6 +76,7 @@ def _write_maps(root: Path, opts: Options, seed_drawn: bool, table: pd.DataFrame
         "label": info.as_dict(),
         "preprocessing": json.loads(catalog["preprocessing"].iloc[0]),
         "tensor_shape": list(shapes[0]) if len(shapes) == 1 else [list(s) for s in shapes],
+        "tensor_affine": np.array(table["affine"].iloc[0]).reshape(4, 4).tolist(),
         "data": {
             "n_images": len(table),
             "n_participants": len(participants),

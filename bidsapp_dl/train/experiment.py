@@ -25,7 +25,8 @@ log = logging.getLogger(__name__)
 # what may differ between the job that split and a later job on the same MAPS
 RUN_CONTROL = ("bids_dir", "output_dir", "analysis_level", "stages", "splits", "resume",
                "overwrite", "num_workers", "device", "nprocs", "work_dir", "config", "amp",
-               "cache_data", "participant_label", "session_label", "maps_name")
+               "cache_data", "participant_label", "session_label", "maps_name", "maps",
+               "group_name", "best", "skip_leak_check")
 SELECTION = {
     "classification": ("loss", "BA", "accuracy", "sensitivity", "specificity", "PPV", "NPV", "F1",
                        "MCC", "AUC"),
@@ -44,7 +45,8 @@ def check_selection_metrics(opts: Options) -> None:
 
 def load_experiment(opts: Options) -> Experiment:
     """The experiment of the MAPS ``opts.maps_name``, with this job's run-control options."""
-    layout = MapsLayout.under(opts.output_path, opts.maps_name)
+    layout = (MapsLayout(Path(opts.maps).expanduser().absolute()) if opts.maps
+              else MapsLayout.under(opts.output_path, opts.maps_name))
     if not layout.exists():
         raise InputMissingError(f"no MAPS at {layout.root}: run --stages split first (or check "
                                 "--maps-name)")
@@ -134,8 +136,13 @@ class Experiment:
 
     @property
     def root(self) -> Path:
-        """OUTPUT_DIR, where the tensor paths of the data tables are relative to."""
+        """OUTPUT_DIR of this run, where the tensor paths of its data tables are relative to."""
         return self.opts.output_path
+
+    @property
+    def maps_root(self) -> Path:
+        """OUTPUT_DIR of the MAPS, where its own train/validation/test tensors are."""
+        return self.layout.root.parent.parent
 
     def splits(self) -> list[int]:
         written = self.layout.splits_written()
@@ -155,25 +162,23 @@ class Experiment:
                                                   else float},
                            keep_default_na=False, na_values={"label": ["n/a"]})
 
-    @cached_property
-    def reference(self) -> tuple[tuple[int, int, int], np.ndarray]:
-        """Shape and affine of the stored tensors (from one sidecar), for ROI masks."""
-        table = self.table("train", self.layout.splits_written()[0])
-        sidecar = (self.root / table["tensor"].iloc[0]).with_suffix(".json")
-        meta = json.loads(sidecar.read_text(encoding="utf-8"))
-        return tuple(meta["Shape"]), np.array(meta["Affine"])
+    @property
+    def reference(self) -> tuple[tuple[int, ...], np.ndarray]:
+        """Shape and affine of the stored tensors (recorded in maps.json), for ROI masks."""
+        return tuple(self.maps["tensor_shape"]), np.array(self.maps["tensor_affine"])
 
     @cached_property
     def extractor(self):
         shape, affine = self.reference
         return make_extractor_for(self.opts, shape, affine)
 
-    def dataset(self, table: pd.DataFrame, train: bool):
+    def dataset(self, table: pd.DataFrame, train: bool, root: Path | None = None):
+        """The Dataset of ``table``, whose tensors are under ``root`` (default: the MAPS's)."""
         from ..data import Augment, TensorDataset
 
         augment = Augment(self.opts.data_augmentation) if train and self.opts.data_augmentation \
             else None
-        return TensorDataset(self.root, table, self.extractor, self.task,
+        return TensorDataset(root or self.maps_root, table, self.extractor, self.task,
                              label_code=self.code or None, augment=augment,
                              cache=self.opts.cache_data)
 

@@ -1,0 +1,155 @@
+"""Predicting new data groups with a trained MAPS, and the leakage guard that protects it."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from bidsapp_dl.generate import generate_dataset
+
+from ..conftest import run_script
+
+TINY = ["--voxel-size", "8", "--target-shape", "24", "28", "24"]
+TRAIN = ["--epochs", "2", "--batch-size", "4", "--n-splits", "2", "--test-size", "0.25",
+         "--seed", "5", "--selection-metrics", "loss", "BA"]
+
+
+def read(path: Path) -> pd.DataFrame:
+    return pd.read_csv(path, sep="\t", dtype=str, keep_default_na=False)
+
+
+def relabel(bids: Path, prefix: str) -> None:
+    """Give every participant a new ID (sub-01 -> sub-<prefix>01), files and tables included."""
+    for folder in sorted(bids.glob("sub-*")):
+        new = folder.with_name(folder.name.replace("sub-", f"sub-{prefix}"))
+        for path in sorted(folder.rglob("*"), reverse=True):
+            if path.is_file() and path.name.startswith("sub-"):
+                path.rename(path.with_name(path.name.replace("sub-", f"sub-{prefix}", 1)))
+        folder.rename(new)
+    tsv = bids / "participants.tsv"
+    tsv.write_text(tsv.read_text().replace("sub-", f"sub-{prefix}"))
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory) -> tuple[Path, Path]:
+    """A dataset with a patch-mode MAPS evaluated, and a second cohort with other IDs."""
+    root = tmp_path_factory.mktemp("predict")
+    bids = root / "bids"
+    generate_dataset(bids, kind="trivial", n_subjects=12, sessions=1, seed=4, voxel_size=6.0)
+    out = bids / "derivatives" / "neurodl"
+    assert run_script(bids, out, "participant", *TINY).returncode == 0
+    run = run_script(bids, out, "group", "--maps-name", "adcn", "--mode", "patch",
+                     "--patch-size", "12", "--stride", "12", "--architecture", "Conv4_FC3", *TRAIN)
+    assert run.returncode == 0, run.stderr
+    cohort = root / "cohort"
+    generate_dataset(cohort, kind="trivial", n_subjects=6, sessions=1, seed=99, voxel_size=6.0)
+    relabel(cohort, "NC")
+    assert run_script(cohort, cohort / "derivatives" / "neurodl", "participant", *TINY).returncode == 0
+    return bids, cohort
+
+
+@pytest.fixture
+def maps(trained, tmp_path) -> Path:
+    """A private copy of the trained MAPS."""
+    dest = tmp_path / "maps" / "adcn"
+    shutil.copytree(trained[0] / "derivatives/neurodl/maps/adcn", dest)
+    return dest
+
+
+def predict(neurodl, cohort: Path, maps: Path, *args):
+    return neurodl(cohort, cohort / "derivatives" / "neurodl", "group", "--stages", "predict",
+                   "--maps", maps, *args)
+
+
+def test_new_cohort_with_labels(trained, maps, neurodl):
+    _, cohort = trained
+    code, err = predict(neurodl, cohort, maps, "--group-name", "newcohort")
+    assert code == 0, err
+    for split in (0, 1):
+        for best in ("loss", "BA"):
+            folder = maps / f"split-{split}/best-{best}/newcohort"
+            image = read(folder / "newcohort_image_level_prediction.tsv")
+            assert len(image) == 6 and set(image["participant_id"]) == {
+                f"sub-NC0{i}" for i in range(1, 7)}
+            assert set(image["true_label"]) <= {"AD", "CN"} and "" not in set(image["true_label"])
+            patches = read(folder / "newcohort_patch_level_prediction.tsv")
+            assert len(patches) == 6 * len(set(patches["patch_id"]))
+            metrics = read(folder / "newcohort_image_level_metrics.tsv")
+            assert "BA" in set(metrics["metric"])
+    data = read(maps / "groups/newcohort/data.tsv")
+    assert len(data) == 6
+    meta = json.loads((maps / "groups/newcohort/group.json").read_text())
+    assert meta["leak_check"] == "passed" and meta["shared_participants"] == []
+    summary = read(maps / "groups/newcohort/summary.tsv")
+    assert summary["n_participants"][0] == "6" and "label_AD" in summary.columns
+
+
+def test_new_cohort_without_labels(trained, maps, neurodl, tmp_path):
+    _, cohort = trained
+    unlabelled = tmp_path / "cohort"
+    shutil.copytree(cohort, unlabelled)
+    tsv = read(unlabelled / "participants.tsv").drop(columns="diagnosis")
+    tsv.to_csv(unlabelled / "participants.tsv", sep="\t", index=False)
+    code, err = predict(neurodl, unlabelled, maps, "--group-name", "nolabels", "--best", "BA")
+    assert code == 0, err
+    folder = maps / "split-0/best-BA/nolabels"
+    image = read(folder / "nolabels_image_level_prediction.tsv")
+    assert set(image["true_label"]) == {""} and set(image["predicted_label"]) <= {"AD", "CN"}
+    assert not list(folder.glob("*_metrics.tsv"))
+    assert not (maps / "split-0/best-loss/nolabels").exists()  # --best BA only
+
+
+def test_same_ids_refused_listing_them(trained, maps, neurodl):
+    bids, _ = trained
+    seen = set(read(maps / "groups/train+validation.tsv")["participant_id"])
+    code, err = predict(neurodl, bids, maps, "--group-name", "again")
+    assert code == 65 and "would leak" in err
+    assert all(p in err for p in sorted(seen)[:3])
+    assert not (maps / "groups/again").exists()
+
+
+def test_same_scans_under_new_ids_refused(trained, maps, neurodl, tmp_path):
+    bids, _ = trained
+    copy = tmp_path / "copy"
+    shutil.copytree(bids, copy, ignore=shutil.ignore_patterns("derivatives"))
+    relabel(copy, "X")
+    out = copy / "derivatives" / "neurodl"
+    assert neurodl(copy, out, "participant", *TINY)[0] == 0
+    code, err = predict(neurodl, copy, maps, "--group-name", "copies")
+    assert code == 65 and "same content" in err and "sub-X" in err
+    code, err = predict(neurodl, copy, maps, "--group-name", "copies", "--skip-leak-check")
+    assert code == 0 and "LEAKAGE CHECK SKIPPED" in err
+    meta = json.loads((maps / "groups/copies/group.json").read_text())
+    assert meta["leak_check"] == "skipped" and meta["shared_images"]
+
+
+def test_preprocessing_mismatch_and_unseen_labels_refused(trained, maps, neurodl, tmp_path):
+    _, cohort = trained
+    other = tmp_path / "other"
+    shutil.copytree(cohort, other, ignore=shutil.ignore_patterns("derivatives"))
+    out = other / "derivatives" / "neurodl"
+    assert neurodl(other, out, "participant", "--voxel-size", "8", "--target-shape", "20", "20",
+                   "20")[0] == 0
+    code, err = predict(neurodl, other, maps, "--group-name", "x")
+    assert code == 65 and "[20, 20, 20]" in err and "[24, 28, 24]" in err
+    unseen = tmp_path / "unseen"
+    shutil.copytree(cohort, unseen)
+    tsv = read(unseen / "participants.tsv")
+    tsv.loc[0, "diagnosis"] = "FTD"
+    tsv.to_csv(unseen / "participants.tsv", sep="\t", index=False)
+    code, err = predict(neurodl, unseen, maps, "--group-name", "y")
+    assert code == 65 and "FTD" in err and "never seen in training" in err
+
+
+def test_group_name_checks(trained, maps, neurodl):
+    _, cohort = trained
+    assert predict(neurodl, cohort, maps)[0] == 64
+    assert predict(neurodl, cohort, maps, "--group-name", "test")[0] == 64
+    assert predict(neurodl, cohort, maps, "--group-name", "../x")[0] == 64
+    assert predict(neurodl, cohort, maps, "--group-name", "ok")[0] == 0
+    code, err = predict(neurodl, cohort, maps, "--group-name", "ok")
+    assert code == 64 and "--overwrite" in err
