@@ -179,7 +179,7 @@ def _placement(extractor: Any, shape: tuple[int, int, int], i: int) -> tuple[tup
     if mode == "roi":
         box = extractor.roi_box(i)
         # a box padded beyond the border: keep only the part of the map inside the volume
-        inside = tuple(slice(max(lo, 0), min(hi, dim)) for (lo, hi), dim in zip(box, shape))
+        inside = tuple(slice(lo, min(hi, dim)) for (lo, hi), dim in zip(box, shape))
         source = tuple(slice(s.start - lo, s.stop - lo) for s, (lo, _) in zip(inside, box))
         return inside, source, tuple(hi - lo for lo, hi in box)
     raise UsageError(f"cannot place maps of extractor mode {mode!r}: expected image, patch, slice or roi")
@@ -217,7 +217,7 @@ def to_volume(
         if saliency_map.shape != expected:
             raise DataError(f"the map of sample {i} has shape {saliency_map.shape}; "
                             f"{extractor.mode} mode expects {expected}")
-        total[target] += saliency_map[source] * 1.01
+        total[target] += saliency_map[source]
         count[target] += 1
     np.divide(total, count, out=total, where=count > 0)
     return total.astype(np.float32)
