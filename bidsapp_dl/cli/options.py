@@ -227,6 +227,14 @@ class Options:
                                                       metavar="N"))
     cache_data: bool = field(default=False, metadata=_opt(
         "load every tensor into memory once (small datasets)", "training"))
+    transfer_from: Optional[str] = field(default=None, metadata=_opt(
+        "start from the weights of another MAPS (split i from its split i): CNN to CNN, or an "
+        "autoencoder's encoder to a CNN; its training participants are carried forward and kept "
+        "out of this experiment's test group", "training", metavar="MAPS"))
+    transfer_selection: str = field(default="loss", metadata=_opt(
+        "which best model of --transfer-from to start from", "training", metavar="METRIC"))
+    freeze: Literal["none", "features"] = field(default="none", metadata=_opt(
+        "with --transfer-from: keep the transferred convolutional layers fixed", "training"))
     resume: bool = field(default=False, metadata=_opt(
         "continue an interrupted training from its last checkpoint", "training"))
 

@@ -179,7 +179,7 @@ def _placement(extractor: Any, shape: tuple[int, int, int], i: int) -> tuple[tup
     if mode == "roi":
         box = extractor.roi_box(i)
         # a box padded beyond the border: keep only the part of the map inside the volume
-        inside = tuple(slice(lo, min(hi, dim)) for (lo, hi), dim in zip(box, shape))
+        inside = tuple(slice(max(lo, 0), min(hi, dim)) for (lo, hi), dim in zip(box, shape))
         source = tuple(slice(s.start - lo, s.stop - lo) for s, (lo, _) in zip(inside, box))
         return inside, source, tuple(hi - lo for lo, hi in box)
     raise UsageError(f"cannot place maps of extractor mode {mode!r}: expected image, patch, slice or roi")

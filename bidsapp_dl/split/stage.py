@@ -25,10 +25,12 @@ from ..extract.catalog import read_catalog
 from ..maps.io import write_json, write_text
 from ..maps.layout import MapsLayout
 from ..maps.provenance import environment, files_sha256, rows_sha256
+from ..seeds import derive
 from ..train.experiment import check_experiment
+from .demographics import group_summary
 from .duplicates import find_duplicates
 from .labels import attach_labels
-from .splits import make_splits, split_summary
+from .splits import Splits, _holdout, _units, make_splits, split_summary
 
 log = logging.getLogger(__name__)
 
@@ -64,7 +66,7 @@ def _data_table(table: pd.DataFrame, rows) -> pd.DataFrame:
 
 def _write_maps(root: Path, opts: Options, seed_drawn: bool, table: pd.DataFrame, info, splits,
                 summary: pd.DataFrame, duplicates: pd.DataFrame, catalog: pd.DataFrame,
-                command: list[str]) -> None:
+                command: list[str], carried: pd.DataFrame | None) -> None:
     layout = MapsLayout(root)
     shapes = sorted({tuple(s) for s in table["shape"]})
     participants = sorted(table["participant_id"].unique())
@@ -93,15 +95,54 @@ def _write_maps(root: Path, opts: Options, seed_drawn: bool, table: pd.DataFrame
     write_json(layout.environment_json, environment(command))
     if splits.test:
         write_tsv(layout.group_data("test"), _data_table(table, splits.test))
+        write_tsv(layout.group_summary("test"), group_summary(table.iloc[list(splits.test)]))
     for i, (train, validation) in enumerate(splits.folds):
         write_tsv(layout.split_data("train", i), _data_table(table, train))
         write_tsv(layout.split_data("validation", i), _data_table(table, validation))
     seen = sorted(set(range(len(table))) - set(splits.test))
-    write_tsv(layout.train_validation_tsv,
-              _data_table(table, seen)[["participant_id", "session_id", "tensor", "unit",
-                                        "data_sha256", "source_sha256"]])
+    seen_table = _data_table(table, seen)[["participant_id", "session_id", "tensor", "unit",
+                                           "data_sha256", "source_sha256"]]
+    if carried is not None:  # the transfer source's training data were seen too
+        seen_table = pd.concat([seen_table, carried[seen_table.columns]], ignore_index=True)
+        seen_table = seen_table.drop_duplicates(["participant_id", "session_id", "tensor",
+                                                 "data_sha256"])
+    write_tsv(layout.train_validation_tsv, seen_table)
     write_tsv(layout.split_summary_tsv, summary.round(6))
     write_tsv(layout.duplicates_tsv, duplicates)
+
+
+def _make_splits(table: pd.DataFrame, opts: Options, carried: pd.DataFrame | None) -> Splits:
+    """The splits; with a transfer source, its training participants never go to the test group.
+
+    Otherwise a participant the source model was trained on could end up testing this one (the
+    nested-label leak of ClinicaDL's paper, Figure 2): the test group is drawn from the others.
+    """
+    if carried is None or opts.test_size == 0:
+        return make_splits(table, opts.task, opts.n_splits, opts.test_size, opts.validation_size,
+                           opts.seed)
+    hashes = set(carried["data_sha256"]) | set(carried["source_sha256"])
+    touched = (table["participant_id"].isin(set(carried["participant_id"]))
+               | table["data_sha256"].isin(hashes) | table["source_sha256"].isin(hashes))
+    forced = set(table.loc[touched, "unit"])
+    free = np.flatnonzero(~table["unit"].isin(forced).to_numpy())
+    if len(forced):
+        log.info("%d participant(s) seen by the transfer source are kept out of the test group",
+                 len(forced))
+    if len(free) == 0:
+        raise DataError("every participant was seen by the --transfer-from MAPS: none is left "
+                        "for a test group; use --test-size 0 and test on another cohort")
+    # the test holdout of make_splits, drawn from the units the source never saw
+    free_table = table.iloc[free]
+    _, held = _holdout(_units(free_table, opts.task), opts.test_size, opts.task,
+                       derive(opts.seed, "transfer-test"), "test group", "the rest",
+                       "--test-size", " unseen by the transfer source")
+    test = sorted(int(free[i]) for i in np.flatnonzero(free_table["unit"].isin(set(held))))
+    rest = np.setdiff1d(np.arange(len(table)), test)
+    inner = make_splits(table.iloc[rest], opts.task, opts.n_splits, 0, opts.validation_size,
+                        opts.seed)
+    folds = tuple((tuple(int(rest[i]) for i in tr), tuple(int(rest[i]) for i in va))
+                  for tr, va in inner.folds)
+    return Splits(test=tuple(test), folds=folds)
 
 
 def _replace_dir(new: Path, final: Path) -> None:
@@ -137,8 +178,12 @@ def run_split(opts: Options, command: list[str]) -> MapsLayout:
                                 opts.drop_invalid_labels)
     table = table.reset_index(drop=True)
     opts, drawn = _seeded(opts)
-    splits = make_splits(table, opts.task, opts.n_splits, opts.test_size, opts.validation_size,
-                         opts.seed)
+    carried = None
+    if opts.transfer_from:
+        from ..train.transfer import source_seen
+
+        carried = source_seen(opts.transfer_from)
+    splits = _make_splits(table, opts, carried)
     summary = split_summary(table, splits, opts.task)
     try:
         layout.root.parent.mkdir(parents=True, exist_ok=True)
@@ -147,7 +192,8 @@ def run_split(opts: Options, command: list[str]) -> MapsLayout:
         raise OutputError(f"cannot create {layout.root.parent} ({exc.strerror})") from exc
     try:
         os.chmod(tmp, 0o755)
-        _write_maps(tmp, opts, drawn, table, info, splits, summary, duplicates, catalog, command)
+        _write_maps(tmp, opts, drawn, table, info, splits, summary, duplicates, catalog, command,
+                    carried)
         _replace_dir(tmp, layout.root)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)

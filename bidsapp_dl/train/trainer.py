@@ -124,8 +124,16 @@ def train_split(exp: Experiment, split: int) -> State:
     seed_everything(derive(base, "init"))
     train_ds = exp.dataset(exp.table("train", split), train=True)
     val_ds = exp.dataset(exp.table("validation", split), train=False)
-    model = exp.model(train_ds.sample_shape).to(device)
-    optimizer = make_optimizer(opts, model.parameters())
+    model = exp.model(train_ds.sample_shape)
+    if opts.transfer_from and not checkpoint.exists():
+        from .transfer import transfer_weights
+
+        transfer_weights(model, opts.transfer_from, split, opts.transfer_selection, opts.freeze)
+    elif opts.transfer_from and opts.freeze == "features":
+        for name, parameter in model.named_parameters():
+            parameter.requires_grad_(not name.startswith("features."))
+    model = model.to(device)
+    optimizer = make_optimizer(opts, [p for p in model.parameters() if p.requires_grad])
     scheduler = make_scheduler(opts, optimizer)
     use_scaler = opts.amp and device.type == "cuda" and not torch.cuda.is_bf16_supported()
     scaler = torch.amp.GradScaler("cuda") if use_scaler else None

@@ -153,3 +153,43 @@ def test_group_name_checks(trained, maps, neurodl):
     assert predict(neurodl, cohort, maps, "--group-name", "ok")[0] == 0
     code, err = predict(neurodl, cohort, maps, "--group-name", "ok")
     assert code == 64 and "--overwrite" in err
+
+
+def test_transfer_learning_carries_weights_and_participants(trained, neurodl, tmp_path):
+    bids, _ = trained
+    out = tmp_path / "out"
+    shutil.copytree(bids / "derivatives" / "neurodl", out, ignore=shutil.ignore_patterns("maps"))
+    # the source saw only the first 6 participants (a parent task on part of the cohort)
+    first = [f"{i:02d}" for i in range(1, 7)]
+    args = ["--epochs", "1", "--batch-size", "4", "--n-splits", "2", "--test-size", "0",
+            "--seed", "3", "--architecture", "Conv4_FC3"]
+    code, err = neurodl(bids, out, "group", "--maps-name", "src", "--participant-label", *first,
+                        *args)
+    assert code == 0, err
+    code, err = neurodl(bids, out, "group", "--maps-name", "dst", "--transfer-from",
+                        out / "maps/src", "--freeze", "features", "--epochs", "1",
+                        "--batch-size", "4", "--n-splits", "2", "--test-size", "2", "--seed", "3",
+                        "--architecture", "Conv4_FC3")
+    assert code == 0, err
+    assert "transferred from" in err and "kept out of the test group" in err
+    seen = read(out / "maps/dst/groups/train+validation.tsv")
+    assert {f"sub-{p}" for p in first} <= set(seen["participant_id"])
+    test = set(read(out / "maps/dst/groups/test/data.tsv")["participant_id"])
+    assert len(test) == 2 and not test & {f"sub-{p}" for p in first}
+    # frozen convolutional layers: exactly the source's weights after training
+    import torch
+
+    for split in (0, 1):
+        src = torch.load(out / f"maps/src/split-{split}/best-loss/model.pt", weights_only=True)
+        dst = torch.load(out / f"maps/dst/split-{split}/best-loss/model.pt", weights_only=True)
+        convs = [k for k in src if k.startswith("features.") and k.endswith("weight")]
+        assert convs and all(torch.equal(src[k], dst[k]) for k in convs)
+    # an autoencoder's encoder starts a CNN
+    code, err = neurodl(bids, out, "group", "--maps-name", "ae", "--task", "reconstruction",
+                        "--architecture", "AE_Conv5_FC3", "--epochs", "1", "--n-splits", "2",
+                        "--test-size", "0", "--seed", "3")
+    assert code == 0, err
+    code, err = neurodl(bids, out, "group", "--maps-name", "fromae", "--transfer-from",
+                        out / "maps/ae", "--architecture", "Conv5_FC3", "--epochs", "1",
+                        "--n-splits", "2", "--test-size", "0", "--seed", "3")
+    assert code == 0 and "transferred from" in err, err
