@@ -9,7 +9,7 @@ from .errors import UsageError
 
 log = logging.getLogger(__name__)
 
-AVAILABLE = ("split", "train", "evaluate", "predict")
+AVAILABLE = ("split", "train", "evaluate", "predict", "interpret", "search-summary")
 
 
 def run_group(opts: Options, command: list[str]) -> None:
@@ -21,12 +21,17 @@ def run_group(opts: Options, command: list[str]) -> None:
     if missing:
         raise UsageError(f"stage(s) {', '.join(missing)} not available in this version of "
                          f"neurodl; available: {', '.join(AVAILABLE)} (e.g. --stages split)")
+    search = None
+    if opts.search_space and opts.trial is not None and set(opts.stages) - {"search-summary"}:
+        from .search.stage import trial_options
+
+        opts, search = trial_options(opts)
     for stage in opts.stages:
         log.info("stage %s, MAPS %s", stage, opts.maps_name)
         if stage == "split":
             from .split.stage import run_split
 
-            run_split(opts, command)
+            run_split(opts, command, search)
         elif stage == "train":
             from .train.stage import run_train
 
@@ -39,4 +44,12 @@ def run_group(opts: Options, command: list[str]) -> None:
             from .evaluate.predict import predict_group
 
             predict_group(opts, command)
+        elif stage == "interpret":
+            from .evaluate.explain import interpret_group
+
+            interpret_group(opts)
+        elif stage == "search-summary":
+            from .search.stage import run_search_summary
+
+            run_search_summary(opts)
     log.info("MAPS: %s", opts.maps or opts.output_path / "maps" / opts.maps_name)

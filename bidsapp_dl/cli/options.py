@@ -152,6 +152,16 @@ class Options:
         "predict on a group that shares participants or images with the training data anyway "
         "(the results are then biased; recorded in the group's metadata)", "group"))
 
+    method: Literal["gradients", "grad-cam"] = field(default="grad-cam", metadata=_opt(
+        "saliency method of the interpret stage", "group"))
+    search_space: Optional[str] = field(default=None, metadata=_opt(
+        "random search: a TOML file of fixed and sampled options; with --trial I this job "
+        "trains the I-th configuration into the MAPS <maps-name>-trial-<I>", "group",
+        metavar="FILE"))
+    trial: Optional[int] = field(default=None, metadata=_opt(
+        "with --search-space: which configuration (0, 1, ...; e.g. a job-array index)", "group",
+        metavar="I"))
+
     # --- what a sample is ------------------------------------------------------------------
     mode: Literal["image", "patch", "roi", "slice"] = field(default="image", metadata=_opt(
         "what one sample is: the whole image, a 3D patch, a 2D slice, or a region of interest",
@@ -482,6 +492,13 @@ def check(opts: Options) -> Options:
         raise UsageError("--mode roi needs --roi-mask FILE... or --roi-labels VALUE...")
     if opts.label is None and opts.task != "reconstruction":
         opts = replace(opts, label="diagnosis" if opts.task == "classification" else "age")
+    if (opts.search_space is None) != (opts.trial is None) and "search-summary" not in opts.stages:
+        raise UsageError("--search-space and --trial go together (one trial per job)")
+    if opts.search_space and opts.seed is None:
+        raise UsageError("--search-space needs --seed: every trial job must draw from the same "
+                         "seed")
+    if opts.trial is not None and opts.trial < 0:
+        raise UsageError(f"--trial {opts.trial}: trials are numbered from 0")
     if opts.maps and opts.maps_name:
         raise UsageError("give --maps PATH or --maps-name NAME, not both")
     if opts.maps:

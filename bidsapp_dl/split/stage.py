@@ -66,7 +66,7 @@ def _data_table(table: pd.DataFrame, rows) -> pd.DataFrame:
 
 def _write_maps(root: Path, opts: Options, seed_drawn: bool, table: pd.DataFrame, info, splits,
                 summary: pd.DataFrame, duplicates: pd.DataFrame, catalog: pd.DataFrame,
-                command: list[str], carried: pd.DataFrame | None) -> None:
+                command: list[str], carried: pd.DataFrame | None, search: dict | None) -> None:
     layout = MapsLayout(root)
     shapes = sorted({tuple(s) for s in table["shape"]})
     participants = sorted(table["participant_id"].unique())
@@ -91,6 +91,8 @@ def _write_maps(root: Path, opts: Options, seed_drawn: bool, table: pd.DataFrame
         "splits": {"n_splits": opts.n_splits, "n_test_images": len(splits.test),
                    "n_images": [[len(t), len(v)] for t, v in splits.folds]},
     }
+    if search is not None:
+        maps["search"] = search
     write_json(layout.maps_json, maps)
     write_json(layout.environment_json, environment(command))
     if splits.test:
@@ -156,7 +158,7 @@ def _replace_dir(new: Path, final: Path) -> None:
         shutil.rmtree(old, ignore_errors=True)
 
 
-def run_split(opts: Options, command: list[str]) -> MapsLayout:
+def run_split(opts: Options, command: list[str], search: dict | None = None) -> MapsLayout:
     """Label, find duplicates, split, and write the MAPS; returns its layout."""
     layout = MapsLayout.under(opts.output_path, opts.maps_name)
     if layout.root.exists() and not opts.overwrite:
@@ -193,7 +195,7 @@ def run_split(opts: Options, command: list[str]) -> MapsLayout:
     try:
         os.chmod(tmp, 0o755)
         _write_maps(tmp, opts, drawn, table, info, splits, summary, duplicates, catalog, command,
-                    carried)
+                    carried, search)
         _replace_dir(tmp, layout.root)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)

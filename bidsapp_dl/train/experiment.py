@@ -26,7 +26,7 @@ log = logging.getLogger(__name__)
 RUN_CONTROL = ("bids_dir", "output_dir", "analysis_level", "stages", "splits", "resume",
                "overwrite", "num_workers", "device", "nprocs", "work_dir", "config", "amp",
                "cache_data", "participant_label", "session_label", "maps_name", "maps",
-               "group_name", "best", "skip_leak_check")
+               "group_name", "best", "skip_leak_check", "method", "search_space", "trial")
 SELECTION = {
     "classification": ("loss", "BA", "accuracy", "sensitivity", "specificity", "PPV", "NPV", "F1",
                        "MCC", "AUC"),
@@ -165,7 +165,13 @@ class Experiment:
     @property
     def reference(self) -> tuple[tuple[int, ...], np.ndarray]:
         """Shape and affine of the stored tensors (recorded in maps.json), for ROI masks."""
-        return tuple(self.maps["tensor_shape"]), np.array(self.maps["tensor_affine"])
+        if "tensor_affine" in self.maps:
+            return tuple(self.maps["tensor_shape"]), np.array(self.maps["tensor_affine"])
+        # a MAPS written before the affine was recorded: read it from a sidecar
+        table = self.table("train", self.layout.splits_written()[0])
+        sidecar = (self.maps_root / table["tensor"].iloc[0]).with_suffix(".json")
+        meta = json.loads(sidecar.read_text(encoding="utf-8"))
+        return tuple(meta["Shape"]), np.array(meta["Affine"])
 
     @cached_property
     def extractor(self):

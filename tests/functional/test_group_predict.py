@@ -193,3 +193,81 @@ def test_transfer_learning_carries_weights_and_participants(trained, neurodl, tm
                         out / "maps/ae", "--architecture", "Conv5_FC3", "--epochs", "1",
                         "--n-splits", "2", "--test-size", "0", "--seed", "3")
     assert code == 0 and "transferred from" in err, err
+
+
+def test_interpret_test_group_and_a_new_cohort(trained, maps, neurodl):
+    import nibabel as nib
+    import numpy as np
+
+    bids, cohort = trained
+    out = bids / "derivatives" / "neurodl"
+    code, err = neurodl(bids, out, "group", "--stages", "interpret", "--maps-name", "adcn",
+                        "--method", "gradients", "--best", "BA")
+    assert code == 0, err
+    test = read(out / "maps/adcn/groups/test/data.tsv")
+    folder = out / "maps/adcn/split-0/best-BA/test/interpret-gradients"
+    maps_made = sorted(folder.glob("sub-*_saliency.nii.gz"))
+    assert len(maps_made) == len(test)
+    for path in maps_made:
+        img = nib.load(path)
+        sidecar = out / next(t for t in test["tensor"] if Path(t).name.startswith(
+            path.name.replace("_saliency.nii.gz", "")))
+        meta = json.loads(sidecar.with_suffix(".json").read_text())
+        np.testing.assert_allclose(img.affine, np.array(meta["Affine"]), atol=1e-5)
+        assert img.shape == tuple(meta["Shape"])
+        data = img.get_fdata()
+        assert data.max() > 0 and data.min() >= 0
+    assert (folder / "test_mean_saliency.nii.gz").is_file()
+    # a predicted cohort: its tensors are found where predict read them
+    assert predict(neurodl, cohort, maps, "--group-name", "nc", "--best", "BA")[0] == 0
+    code, err = neurodl(cohort, cohort / "derivatives" / "neurodl", "group", "--stages",
+                        "interpret", "--maps", maps, "--group-name", "nc", "--best", "BA")
+    assert code == 0, err
+    assert len(list((maps / "split-1/best-BA/nc/interpret-grad-cam").glob("sub-NC*"))) == 6
+    code, err = neurodl(bids, out, "group", "--stages", "interpret", "--maps-name", "adcn",
+                        "--group-name", "train")
+    assert code == 64 and "trained on" in err
+
+
+def test_random_search_trials_as_separate_jobs(trained, tmp_path, neurodl):
+    import subprocess
+    import sys
+
+    from ..conftest import ROOT
+
+    bids, _ = trained
+    out = tmp_path / "out"
+    shutil.copytree(bids / "derivatives" / "neurodl", out, ignore=shutil.ignore_patterns("maps"))
+    space = tmp_path / "space.toml"
+    space.write_text('[fixed]\nepochs = 1\nselection-metrics = ["loss", "BA"]\n'
+                     'architecture = "Conv4_FC3"\n'
+                     '[sample.learning_rate]\ndistribution = "log-uniform"\nlow = 1e-5\nhigh = 1e-2\n'
+                     '[sample.batch_size]\ndistribution = "choice"\nvalues = [2, 4]\n')
+    jobs = [subprocess.Popen([sys.executable, str(ROOT / "run.py"), str(bids), str(out), "group",
+                              "--search-space", str(space), "--trial", str(i), "--seed", "11",
+                              "--maps-name", "search", "--n-splits", "2", "--test-size", "3"],
+                             stderr=subprocess.PIPE, text=True) for i in range(4)]
+    for job in jobs:
+        assert job.wait(timeout=900) == 0, job.stderr.read()
+    rates = set()
+    for i in range(4):
+        meta = json.loads((out / f"maps/search-trial-00{i}/maps.json").read_text())
+        assert meta["search"]["trial"] == i and meta["options"]["epochs"] == 1
+        rates.add(meta["options"]["learning_rate"])
+        assert meta["options"]["learning_rate"] == meta["search"]["values"]["learning_rate"]
+    assert len(rates) == 4
+    code, err = neurodl(bids, out, "group", "--stages", "search-summary", "--maps-name", "search")
+    assert code == 0, err
+    summary = read(out / "maps/search-search_summary.tsv")
+    assert list(summary["rank"]) == ["1", "2", "3", "4"]
+    assert {"learning_rate", "batch_size", "BA_validation_mean"} <= set(summary.columns)
+    # the same trial drawn again gives the same configuration
+    again = tmp_path / "again"
+    shutil.copytree(out, again, ignore=shutil.ignore_patterns("maps"))
+    assert neurodl(bids, again, "group", "--stages", "split", "--search-space", space, "--trial",
+                   "2", "--seed", "11", "--maps-name", "search", "--n-splits", "2",
+                   "--test-size", "3")[0] == 0
+    first = json.loads((out / "maps/search-trial-002/maps.json").read_text())["options"]
+    second = json.loads((again / "maps/search-trial-002/maps.json").read_text())["options"]
+    assert first["learning_rate"] == second["learning_rate"]
+    assert first["batch_size"] == second["batch_size"]
