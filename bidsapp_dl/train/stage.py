@@ -6,6 +6,7 @@ import logging
 
 import torch
 
+from ..errors import DataError
 from .experiment import check_selection_metrics, load_experiment
 from .trainer import train_split
 
@@ -19,6 +20,30 @@ def run_train(opts) -> None:
     torch.backends.cudnn.benchmark = not exp.opts.deterministic
     if exp.opts.amp and not torch.cuda.is_available():
         log.warning("--amp works on CUDA devices only: training in float32")
+    if exp.opts.transfer_from:
+        _check_transfer(exp)
     for split in exp.splits():
         log.info("training split %d of %s", split, exp.layout.root)
         train_split(exp, split)
+
+
+def _check_transfer(exp) -> None:
+    """Refuse a transfer whose source was trained on this experiment's test participants.
+
+    The split stage keeps the source's participants out of the test group, but the source may
+    have been retrained (or replaced) since: check again before its weights are used.
+    """
+    import pandas as pd
+
+    from ..split.guard import overlap
+    from .transfer import source_seen
+
+    if not exp.layout.group_data("test").is_file():
+        return
+    test = pd.read_csv(exp.layout.group_data("test"), sep="\t", dtype=str, keep_default_na=False)
+    ids, images = overlap(test, source_seen(exp.opts.transfer_from))
+    if ids or images:
+        shown = ", ".join((ids + images)[:10])
+        raise DataError(f"--transfer-from {exp.opts.transfer_from} was trained on participants or "
+                        f"images of this experiment's test group ({shown}): transferring its "
+                        "weights would leak; split again (--overwrite) or use another source")

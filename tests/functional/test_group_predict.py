@@ -184,6 +184,12 @@ def test_transfer_learning_carries_weights_and_participants(trained, neurodl, tm
         dst = torch.load(out / f"maps/dst/split-{split}/best-loss/model.pt", weights_only=True)
         convs = [k for k in src if k.startswith("features.") and k.endswith("weight")]
         assert convs and all(torch.equal(src[k], dst[k]) for k in convs)
+    # the source retrained on everyone: its weights would now leak into the test group
+    code, err = neurodl(bids, out, "group", "--maps-name", "src", "--overwrite", *args)
+    assert code == 0, err
+    code, err = neurodl(bids, out, "group", "--stages", "train", "--maps-name", "dst",
+                        "--overwrite")
+    assert code == 65 and "would leak" in err
     # an autoencoder's encoder starts a CNN
     code, err = neurodl(bids, out, "group", "--maps-name", "ae", "--task", "reconstruction",
                         "--architecture", "AE_Conv5_FC3", "--epochs", "1", "--n-splits", "2",
