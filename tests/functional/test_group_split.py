@@ -179,7 +179,7 @@ def test_label_errors_exit_65(bids, neurodl):
 
 
 def test_group_level_stages_not_yet_available_say_so(bids, neurodl):
-    code, err = neurodl(bids, bids / "derivatives" / "neurodl", "group", "--stages", "predict")
+    code, err = neurodl(bids, bids / "derivatives" / "neurodl", "group", "--stages", "report")
     assert code == 64 and "not available" in err and "split, train, evaluate" in err
 
 
