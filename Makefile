@@ -7,7 +7,7 @@ TORCH_SPEC ?= $(shell ls $${PIP_FIND_LINKS:-/nonexistent}/torch-*+cpu-*.whl >/de
 PYTEST_ARGS ?= -n 2
 DEMO ?= demo
 
-.PHONY: venv demo test lint clean
+.PHONY: venv demo test lint clean container container-test
 
 venv: $(VENV)/.installed
 
@@ -34,6 +34,10 @@ demo: venv
 
 test: venv
 	$(VENV)/bin/pytest $(PYTEST_ARGS)
+
+# the image with the CPU torch, run read-only, offline and non-root on generated data
+container-test: venv
+	bash scripts/container-test.sh
 
 lint: venv
 	$(VENV)/bin/ruff check bidsapp_dl tests run.py

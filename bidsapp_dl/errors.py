@@ -53,6 +53,12 @@ class InputMissingError(NeurodlError, FileNotFoundError):
     exit_code = 66
 
 
+class DeviceError(NeurodlError, RuntimeError):
+    """The requested device (a GPU) is not available (sysexits' EX_UNAVAILABLE)."""
+
+    exit_code = 69
+
+
 class OutputError(NeurodlError, OSError):
     """An output cannot be created (permissions, full disk)."""
 

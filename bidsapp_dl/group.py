@@ -21,6 +21,10 @@ def run_group(opts: Options, command: list[str]) -> None:
     if missing:
         raise UsageError(f"stage(s) {', '.join(missing)} not available in this version of "
                          f"neurodl; available: {', '.join(AVAILABLE)} (e.g. --stages split)")
+    if opts.device != "cpu" and set(opts.stages) & {"train", "evaluate", "predict", "interpret"}:
+        from .train.trainer import device_of
+
+        device_of(opts)  # an unavailable GPU is refused before any work
     search = None
     if opts.search_space and opts.trial is not None and set(opts.stages) - {"search-summary"}:
         from .search.stage import trial_options

@@ -49,12 +49,12 @@ def _torch() -> dict[str, Any]:
 
 
 def _container() -> dict[str, str] | None:
-    tag = os.environ.get("NEURODL_CONTAINER_TAG")
-    if tag:
-        return {"type": "docker", "tag": tag}
     for var in ("APPTAINER_CONTAINER", "SINGULARITY_CONTAINER"):
         if os.environ.get(var):
             return {"type": "singularity", "uri": os.environ[var]}
+    tag = os.environ.get("NEURODL_CONTAINER_TAG")
+    if tag:
+        return {"type": "docker", "tag": tag}
     if Path("/.dockerenv").exists() or Path("/run/.containerenv").exists():
         return {"type": "docker", "tag": "unknown"}
     return None

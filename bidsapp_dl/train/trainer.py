@@ -20,7 +20,7 @@ import pandas as pd
 import torch
 
 from ..data import make_loader
-from ..errors import UsageError
+from ..errors import DeviceError, UsageError
 from ..evaluate.metrics import metric_direction
 from ..maps.io import atomic_path, write_json
 from ..seeds import derive, seed_everything
@@ -64,7 +64,12 @@ def device_of(opts) -> torch.device:
     if opts.device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if opts.device.startswith("cuda") and not torch.cuda.is_available():
-        raise UsageError(f"--device {opts.device}: no CUDA device is available; use --device cpu")
+        raise DeviceError(f"--device {opts.device}: no CUDA device is available here (in a "
+                          "container, run it with --gpus all, or apptainer --nv); use --device "
+                          "auto or cpu to run on the CPU")
+    if opts.device.startswith("cuda:") and int(opts.device[5:]) >= torch.cuda.device_count():
+        raise DeviceError(f"--device {opts.device}: only {torch.cuda.device_count()} CUDA "
+                          "device(s) are visible")
     return torch.device(opts.device)
 
 

@@ -229,6 +229,18 @@ def test_group_level_errors(bids, neurodl, tmp_path):
     assert code == 64 and "--roi-mask" in err
 
 
+def test_cuda_without_gpu_has_its_own_exit_code(bids, neurodl):
+    import torch
+
+    code, err = neurodl(bids, out_of(bids), "group", "--maps-name", "gpu", *FAST,
+                        "--device", "cuda")
+    if torch.cuda.is_available():
+        assert code == 0, err
+    else:
+        assert code == 69 and "--gpus all" in err and "--device auto" in err
+        assert not (out_of(bids) / "maps/gpu").exists()
+
+
 def test_list_models(capsys):
     from bidsapp_dl.cli.main import main
 
