@@ -30,7 +30,27 @@ def run_group(opts: Options, command: list[str]) -> None:
         from .search.stage import trial_options
 
         opts, search = trial_options(opts)
+    from .train import distributed
+
+    if distributed.world()[1] > 1:
+        distributed.start("cpu" if opts.device == "cpu" else "cuda")
+    try:
+        _run_stages(opts, command, search)
+    except BaseException:
+        distributed.stop(clean=False)
+        raise
+    distributed.stop()
+    log.info("MAPS: %s", opts.maps or opts.output_path / "maps" / opts.maps_name)
+
+
+def _run_stages(opts: Options, command: list[str], search: dict | None) -> None:
+    from .train import distributed
+
     for stage in opts.stages:
+        # with several processes (torchrun) only training is shared; rank 0 does the rest
+        if stage != "train" and not distributed.is_main():
+            distributed.barrier()
+            continue
         log.info("stage %s, MAPS %s", stage, opts.maps_name)
         if stage == "split":
             from .split.stage import run_split
@@ -56,4 +76,5 @@ def run_group(opts: Options, command: list[str]) -> None:
             from .search.stage import run_search_summary
 
             run_search_summary(opts)
-    log.info("MAPS: %s", opts.maps or opts.output_path / "maps" / opts.maps_name)
+        if stage != "train":
+            distributed.barrier()

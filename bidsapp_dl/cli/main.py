@@ -19,6 +19,8 @@ log = logging.getLogger("bidsapp_dl")
 
 def _setup_logging(verbosity: int) -> None:
     level = logging.DEBUG if verbosity >= 1 else logging.INFO
+    if int(os.environ.get("RANK", 0)) > 0:  # other processes of a torchrun job: problems only
+        level = logging.WARNING
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(logging.Formatter("%(asctime)s [%(levelname)s] %(message)s", "%H:%M:%S"))
     handler.setLevel(level)

@@ -9,6 +9,7 @@ redone. A bad image fails the run (exit 65) after the others are done, or is ski
 from __future__ import annotations
 
 import logging
+import os
 import time
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
@@ -113,11 +114,17 @@ def _run_all(records: list[index.ImageRecord], output_dir: Path, params: Preproc
         for r in records:
             report(extract_one(r, output_dir, params, overwrite))
         return outcomes
-    with ProcessPoolExecutor(max_workers=min(nprocs, total)) as pool:
+    with ProcessPoolExecutor(max_workers=min(nprocs, total), initializer=_one_thread) as pool:
         futures = [pool.submit(extract_one, r, output_dir, params, overwrite) for r in records]
         for future in futures:
             report(future.result())
     return outcomes
+
+
+def _one_thread() -> None:
+    """Processes share the cores: no process may also start a thread per core."""
+    for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
+        os.environ[var] = "1"
 
 
 def _write_bad_list(output_dir: Path, bad: list[Outcome]) -> Path:

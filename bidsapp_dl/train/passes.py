@@ -29,6 +29,7 @@ class PassOutput:
     abs_error: float = 0.0        # reconstruction: sums over voxels, for MAE and RMSE
     sq_error: float = 0.0
     n_voxels: int = 0
+    n: int = 0                    # samples seen
 
     def metrics(self, task: str) -> dict[str, float]:
         if task == "classification":
@@ -50,7 +51,7 @@ def _compute_loss(model: nn.Module, criterion: nn.Module, task: str, out: torch.
     if task == "regression":
         out = out.reshape(-1)
     loss = criterion(out.float(), target)
-    regularization = getattr(model, "regularization", None)
+    regularization = getattr(getattr(model, "module", model), "regularization", None)
     if task == "reconstruction" and callable(regularization):
         loss = loss + regularization()
     return loss
@@ -97,7 +98,8 @@ class Collector:
             return np.concatenate(self.parts[key]) if self.parts[key] else np.zeros(0)
 
         return PassOutput(self.loss_sum / max(self.n, 1), cat("t"), cat("o"), cat("i").astype(int),
-                          cat("s").astype(int), self.abs_error, self.sq_error, self.n_voxels)
+                          cat("s").astype(int), self.abs_error, self.sq_error, self.n_voxels,
+                          self.n)
 
 
 def _progress(label: str, k: int, n: int, loss: float) -> None:

@@ -24,6 +24,7 @@ from ..errors import DeviceError, UsageError
 from ..evaluate.metrics import metric_direction
 from ..maps.io import atomic_path, write_json
 from ..seeds import derive, seed_everything
+from . import distributed
 from .experiment import Experiment
 from .passes import eval_pass, loss_function, train_pass
 
@@ -84,7 +85,7 @@ def _improved(metric: str, value: float | None, best: float | None) -> bool:
 
 def _save_checkpoint(path, model, optimizer, scheduler, scaler, state: State) -> None:
     payload = {
-        "model": model.state_dict(), "optimizer": optimizer.state_dict(),
+        "model": distributed.unwrap(model).state_dict(), "optimizer": optimizer.state_dict(),
         "scheduler": scheduler.state_dict() if scheduler else None,
         "scaler": scaler.state_dict() if scaler else None,
         "epoch": state.epoch, "best": state.best, "best_loss": state.best_loss,
@@ -118,13 +119,16 @@ def _write_log(exp: Experiment, split: int, rows: list[dict]) -> None:
 def train_split(exp: Experiment, split: int) -> State:
     """Train (or resume, or skip when done) one split of the experiment."""
     opts, layout = exp.opts, exp.layout
-    device = device_of(opts)
+    device = distributed.local_device(device_of(opts))
+    main = distributed.is_main()
     checkpoint = layout.checkpoint(split)
     if checkpoint.exists() and not opts.resume:
         if not opts.overwrite:
             raise UsageError(f"split {split} of {layout.root} was already trained or started; "
                              "continue it with --resume, or start again with --overwrite")
-        shutil.rmtree(layout.split_dir(split))
+        if main:
+            shutil.rmtree(layout.split_dir(split))
+        distributed.barrier()
     base = derive(exp.seed, "split", split)
     seed_everything(derive(base, "init"))
     train_ds = exp.dataset(exp.table("train", split), train=True)
@@ -152,11 +156,14 @@ def train_split(exp: Experiment, split: int) -> State:
     criterion = loss_function(exp.task)
     from torch.utils.tensorboard import SummaryWriter
 
-    writer = SummaryWriter(str(layout.tensorboard_dir(split)), purge_step=state.epoch)
+    writer = SummaryWriter(str(layout.tensorboard_dir(split)), purge_step=state.epoch) if main \
+        else None
+    model = distributed.wrap(model, device)
     pin = device.type == "cuda"
     # one loader per run, re-seeded per epoch: workers persist across epochs
-    loader = make_loader(train_ds, opts.batch_size, train=True, sampler=opts.sampler, seed=base,
-                         epoch=state.epoch, num_workers=opts.num_workers, pin_memory=pin)
+    loader = distributed.shard_loader(make_loader(
+        train_ds, opts.batch_size, train=True, sampler=opts.sampler, seed=base, epoch=state.epoch,
+        num_workers=opts.num_workers, pin_memory=pin))
     val_loader = make_loader(val_ds, opts.batch_size, train=False, num_workers=opts.num_workers,
                              pin_memory=pin)
     try:
@@ -165,8 +172,9 @@ def train_split(exp: Experiment, split: int) -> State:
             start = time.perf_counter()
             seed_everything(derive(base, "epoch", epoch))  # dropout, VAE sampling
             loader.sampler.set_epoch(epoch)
-            train = train_pass(model, loader, optimizer, criterion, exp.task, device,
-                               opts.accumulation_steps, opts.amp, scaler, f"epoch {epoch}")
+            train = distributed.gather(train_pass(
+                model, loader, optimizer, criterion, exp.task, device, opts.accumulation_steps,
+                opts.amp, scaler, f"epoch {epoch}"))
             if opts.evaluate_train:
                 train = eval_pass(model, make_loader(exp.dataset(exp.table("train", split), False),
                                                      opts.batch_size, train=False,
@@ -181,17 +189,18 @@ def train_split(exp: Experiment, split: int) -> State:
                    **{f"validation_{k}": v for k, v in val_m.items()}}
             state.rows.append(row)
             for key, value in row.items():
-                if key.startswith(("train_", "validation_")):
+                if writer is not None and key.startswith(("train_", "validation_")):
                     group, metric = key.split("_", 1)
                     writer.add_scalar(f"{metric}/{group}", value, epoch)
             for metric in opts.selection_metrics:
                 value = float(val_m.get(metric, math.nan))
                 if _improved(metric, value, state.best.get(metric)):
                     state.best[metric] = value
-                    with atomic_path(layout.model(split, metric)) as tmp:
-                        torch.save(model.state_dict(), tmp)
-                    write_json(layout.selection_json(split, metric),
-                               {"metric": metric, "epoch": epoch, "value": value})
+                    if main:
+                        with atomic_path(layout.model(split, metric)) as tmp:
+                            torch.save(distributed.unwrap(model).state_dict(), tmp)
+                        write_json(layout.selection_json(split, metric),
+                                   {"metric": metric, "epoch": epoch, "value": value})
             if val.loss < state.best_loss - opts.tolerance:
                 state.best_loss, state.stale = val.loss, 0
             else:
@@ -200,8 +209,10 @@ def train_split(exp: Experiment, split: int) -> State:
             if scheduler is not None:
                 scheduler.step(val.loss) if opts.scheduler == "plateau" else scheduler.step()
             state.epoch = epoch + 1
-            _write_log(exp, split, state.rows)
-            _save_checkpoint(checkpoint, model, optimizer, scheduler, scaler, state)
+            if main:
+                _write_log(exp, split, state.rows)
+                _save_checkpoint(checkpoint, model, optimizer, scheduler, scaler, state)
+            distributed.barrier()
             log.info("split %d epoch %d: train loss %.4f, validation loss %.4f%s (%.1f s)", split,
                      epoch, train.loss, val.loss,
                      "".join(f", {m} {val_m[m]:.3f}" for m in opts.selection_metrics if m != "loss"),
@@ -210,5 +221,6 @@ def train_split(exp: Experiment, split: int) -> State:
                 log.info("split %d: early stop after %d epochs without improvement", split,
                          state.stale)
     finally:
-        writer.close()
+        if writer is not None:
+            writer.close()
     return state

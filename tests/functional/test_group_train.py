@@ -250,3 +250,26 @@ def test_list_models(capsys):
                  "AE_Conv5_FC3", "VAE", "Stride_Conv5_FC3"):
         assert name in text
     assert "1,692,372" in text or "1692372" in text
+
+
+def test_ddp_with_two_processes_on_the_cpu(bids):
+    """torchrun --nproc_per_node 2 (gloo): one MAPS, written once, and the model learns."""
+    import os
+
+    out = out_of(bids)
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    run = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
+                          "--master_port", "29517", str(ROOT / "run.py"), str(bids), str(out),
+                          "group", "--maps-name", "ddp", "--n-splits", "2", "--test-size", "0.25",
+                          "--epochs", "5", "--batch-size", "2", "--learning-rate", "1e-3",
+                          "--seed", "1", "--architecture", "Conv4_FC3"],
+                         capture_output=True, text=True, env=env, timeout=600)
+    assert run.returncode == 0, run.stderr[-3000:]
+    maps = out / "maps/ddp"
+    for split in (0, 1):
+        log = pd.read_csv(maps / f"split-{split}/training_logs/training.tsv", sep="\t")
+        assert list(log["epoch"]) == [0, 1, 2, 3, 4]
+        assert log["validation_loss"].iloc[-1] < log["validation_loss"].iloc[0]
+        assert (maps / f"split-{split}/best-loss/test/test_image_level_metrics.tsv").is_file()
+    assert (maps / "summary.tsv").is_file()
+    assert run.stderr.count("stage evaluate") == 1  # only rank 0 evaluates
