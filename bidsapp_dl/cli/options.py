@@ -235,6 +235,9 @@ class Options:
         "training"))
     num_workers: int = field(default=0, metadata=_opt("data loader worker processes", "training",
                                                       metavar="N"))
+    compile: bool = field(default=False, metadata=_opt(
+        "torch.compile the network (faster on GPUs once compiled; needs a C++ compiler)",
+        "training"))
     cache_data: bool = field(default=False, metadata=_opt(
         "load every tensor into memory once (small datasets)", "training"))
     transfer_from: Optional[str] = field(default=None, metadata=_opt(

@@ -26,7 +26,8 @@ log = logging.getLogger(__name__)
 RUN_CONTROL = ("bids_dir", "output_dir", "analysis_level", "stages", "splits", "resume",
                "overwrite", "num_workers", "device", "nprocs", "work_dir", "config", "amp",
                "cache_data", "participant_label", "session_label", "maps_name", "maps",
-               "group_name", "best", "skip_leak_check", "method", "search_space", "trial")
+               "group_name", "best", "skip_leak_check", "method", "search_space", "trial",
+               "compile")
 SELECTION = {
     "classification": ("loss", "BA", "accuracy", "sensitivity", "specificity", "PPV", "NPV", "F1",
                        "MCC", "AUC"),
