@@ -8,7 +8,6 @@ so ``--help`` and ``--version`` answer at once.
 
 import argparse
 import difflib
-import json
 import os
 import re
 import sys
@@ -353,19 +352,9 @@ def _explicit(parser: Parser, argv: list[str]) -> dict[str, Any]:
 
 def read_config(path: str) -> dict[str, Any]:
     """Read a TOML or JSON config; keys may use dashes or underscores."""
-    p = Path(path).expanduser()
-    if not p.is_file():
-        raise UsageError(f"--config {path}: no such file")
-    text = p.read_text(encoding="utf-8-sig")
-    try:
-        if p.suffix.lower() == ".json":
-            data = json.loads(text)
-        else:
-            import tomllib
+    from ..maps.io import read_settings
 
-            data = tomllib.loads(text)
-    except ValueError as exc:
-        raise UsageError(f"--config {path}: cannot parse it ({exc}); expected TOML or JSON") from exc
+    data = read_settings(path, "--config")
     if not isinstance(data, dict):
         raise UsageError(f"--config {path}: expected a table of options, found {type(data).__name__}")
     data = data.get("options", data)  # a maps.json keeps its options in one table

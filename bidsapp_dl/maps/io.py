@@ -68,6 +68,23 @@ def read_json(path: Path | str) -> Any | None:
         return None
 
 
+def read_settings(path: Path | str, what: str) -> Any:
+    """A TOML or JSON (by its suffix) settings file; UsageError naming ``what`` on any problem."""
+    import tomllib
+
+    from ..errors import UsageError
+
+    p = Path(path).expanduser()
+    if not p.is_file():
+        raise UsageError(f"{what} {path}: no such file")
+    text = p.read_text(encoding="utf-8-sig")
+    try:
+        return json.loads(text) if p.suffix.lower() == ".json" else tomllib.loads(text)
+    except ValueError as exc:
+        reason = " ".join(str(exc).split())
+        raise UsageError(f"{what} {path}: cannot parse it ({reason}); expected TOML or JSON") from exc
+
+
 def sha256_file(path: Path | str, chunk: int = 1 << 20) -> str:
     digest = hashlib.sha256()
     with open(path, "rb") as fh:

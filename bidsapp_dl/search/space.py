@@ -250,18 +250,6 @@ def search_space_from_dict(data: Any, source: str) -> SearchSpace:
 
 def load_search_space(path: Path | str) -> SearchSpace:
     """Read and check a TOML (or JSON, by its suffix) search space; UsageError on any problem."""
-    p = Path(path).expanduser()
-    if not p.is_file():
-        raise UsageError(f"search space {path}: no such file")
-    text = p.read_text(encoding="utf-8-sig")
-    try:
-        if p.suffix.lower() == ".json":
-            data = json.loads(text)
-        else:
-            import tomllib
+    from ..maps.io import read_settings
 
-            data = tomllib.loads(text)
-    except ValueError as exc:
-        reason = " ".join(str(exc).split())
-        raise UsageError(f"search space {path}: cannot parse it ({reason})") from exc
-    return search_space_from_dict(data, str(path))
+    return search_space_from_dict(read_settings(path, "search space"), str(path))
