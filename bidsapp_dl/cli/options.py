@@ -243,6 +243,10 @@ class Options:
         "start from the weights of another MAPS (split i from its split i): CNN to CNN, or an "
         "autoencoder's encoder to a CNN; its training participants are carried forward and kept "
         "out of this experiment's test group", "training", metavar="MAPS"))
+    reserve_test_of: list[str] = field(default_factory=list, metadata=_opt(
+        "keep the test participants of these MAPS (e.g. a child task split first) in this "
+        "experiment's test group, never in its training: it can then be their --transfer-from",
+        "training", nargs="+", metavar="MAPS"))
     transfer_selection: str = field(default="loss", metadata=_opt(
         "which best model of --transfer-from to start from", "training", metavar="METRIC"))
     freeze: Literal["none", "features"] = field(default="none", metadata=_opt(

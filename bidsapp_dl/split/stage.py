@@ -113,38 +113,74 @@ def _write_maps(root: Path, opts: Options, seed_drawn: bool, table: pd.DataFrame
     write_tsv(layout.duplicates_tsv, duplicates)
 
 
-def _make_splits(table: pd.DataFrame, opts: Options, carried: pd.DataFrame | None) -> Splits:
-    """The splits; with a transfer source, its training participants never go to the test group.
+def _test_group(path: str) -> pd.DataFrame:
+    layout = MapsLayout(Path(path).expanduser().absolute())
+    if not layout.group_data("test").is_file():
+        raise UsageError(f"--reserve-test-of {path}: no test group there (is it a MAPS split "
+                         "with --test-size > 0?)")
+    return pd.read_csv(layout.group_data("test"), sep="\t", dtype=str, keep_default_na=False)
 
-    Otherwise a participant the source model was trained on could end up testing this one (the
-    nested-label leak of ClinicaDL's paper, Figure 2): the test group is drawn from the others.
+
+def _touched(table: pd.DataFrame, other: pd.DataFrame | None) -> set[str]:
+    """Units of ``table`` sharing a participant ID or image content with ``other``."""
+    if other is None or other.empty:
+        return set()
+    hashes = set(other["data_sha256"]) | set(other["source_sha256"])
+    hit = (table["participant_id"].isin(set(other["participant_id"]))
+           | table["data_sha256"].isin(hashes) | table["source_sha256"].isin(hashes))
+    return set(table.loc[hit, "unit"])
+
+
+def _make_splits(table: pd.DataFrame, opts: Options, carried: pd.DataFrame | None,
+                 reserved: pd.DataFrame | None = None) -> Splits:
+    """The splits, with two guards for tasks that build on each other (ClinicaDL's Figure 2).
+
+    ``carried``: what a --transfer-from source trained on; never in this test group, or the
+    source's weights would have seen the test. ``reserved``: the test groups of --reserve-test-of
+    MAPS (e.g. a child task split first); always in this test group, never trained on, so this
+    experiment can later be a transfer source for them.
     """
-    if carried is None or opts.test_size == 0:
+    never, always = _touched(table, carried), _touched(table, reserved)
+    if not never and not always:
         return make_splits(table, opts.task, opts.n_splits, opts.test_size, opts.validation_size,
                            opts.seed)
-    hashes = set(carried["data_sha256"]) | set(carried["source_sha256"])
-    touched = (table["participant_id"].isin(set(carried["participant_id"]))
-               | table["data_sha256"].isin(hashes) | table["source_sha256"].isin(hashes))
-    forced = set(table.loc[touched, "unit"])
-    free = np.flatnonzero(~table["unit"].isin(forced).to_numpy())
-    if len(forced):
+    both = sorted(never & always)
+    if both:
+        raise DataError(f"{', '.join(both[:10])}: in the test group of a --reserve-test-of MAPS "
+                        "and in the training data of the --transfer-from MAPS at once; that "
+                        "transfer would leak")
+    if never:
         log.info("%d participant(s) seen by the transfer source are kept out of the test group",
-                 len(forced))
-    if len(free) == 0:
-        raise DataError("every participant was seen by the --transfer-from MAPS: none is left "
-                        "for a test group; use --test-size 0 and test on another cohort")
-    # the test holdout of make_splits, drawn from the units the source never saw
-    free_table = table.iloc[free]
-    _, held = _holdout(_units(free_table, opts.task), opts.test_size, opts.task,
-                       derive(opts.seed, "transfer-test"), "test group", "the rest",
-                       "--test-size", " unseen by the transfer source")
-    test = sorted(int(free[i]) for i in np.flatnonzero(free_table["unit"].isin(set(held))))
+                 len(never))
+    if always:
+        log.info("%d participant(s) of reserved test groups are kept in the test group",
+                 len(always))
+    units = table["unit"]
+    test_units = set(always)
+    free = np.flatnonzero(~units.isin(never | always).to_numpy())
+    if opts.test_size > 0:
+        if len(free) == 0:
+            raise DataError("no participant is left for a test group drawn from those the "
+                            "--transfer-from MAPS never saw; use --test-size 0")
+        free_table = table.iloc[free]
+        candidates = _units(free_table, opts.task)
+        wanted = opts.test_size if opts.test_size >= 1 else opts.test_size * units.nunique()
+        if wanted >= len(candidates):  # every participant the source never saw is tested
+            log.info("the test group holds all %d participant(s) the transfer source never saw",
+                     len(candidates))
+            test_units |= set(candidates.index)
+        else:
+            _, held = _holdout(candidates, int(round(wanted)) or 1, opts.task,
+                               derive(opts.seed, "guarded-test"), "test group", "the rest",
+                               "--test-size", " not already placed")
+            test_units |= set(held)
+    test = np.flatnonzero(units.isin(test_units).to_numpy())
     rest = np.setdiff1d(np.arange(len(table)), test)
     inner = make_splits(table.iloc[rest], opts.task, opts.n_splits, 0, opts.validation_size,
                         opts.seed)
     folds = tuple((tuple(int(rest[i]) for i in tr), tuple(int(rest[i]) for i in va))
                   for tr, va in inner.folds)
-    return Splits(test=tuple(test), folds=folds)
+    return Splits(test=tuple(int(i) for i in test), folds=folds)
 
 
 def _replace_dir(new: Path, final: Path) -> None:
@@ -180,12 +216,15 @@ def run_split(opts: Options, command: list[str], search: dict | None = None) -> 
                                 opts.drop_invalid_labels)
     table = table.reset_index(drop=True)
     opts, drawn = _seeded(opts)
-    carried = None
+    carried = reserved = None
     if opts.transfer_from:
         from ..train.transfer import source_seen
 
         carried = source_seen(opts.transfer_from)
-    splits = _make_splits(table, opts, carried)
+    if opts.reserve_test_of:
+        reserved = pd.concat([_test_group(path) for path in opts.reserve_test_of],
+                             ignore_index=True)
+    splits = _make_splits(table, opts, carried, reserved)
     summary = split_summary(table, splits, opts.task)
     try:
         layout.root.parent.mkdir(parents=True, exist_ok=True)

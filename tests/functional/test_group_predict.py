@@ -277,3 +277,29 @@ def test_random_search_trials_as_separate_jobs(trained, tmp_path, neurodl):
     second = json.loads((again / "maps/search-trial-002/maps.json").read_text())["options"]
     assert first["learning_rate"] == second["learning_rate"]
     assert first["batch_size"] == second["batch_size"]
+
+
+def test_nested_tasks_child_split_first(trained, neurodl, tmp_path):
+    """A child task split first reserves its test group; the parent never trains on it."""
+    bids, _ = trained
+    out = tmp_path / "out"
+    shutil.copytree(bids / "derivatives" / "neurodl", out, ignore=shutil.ignore_patterns("maps"))
+    common = ["--n-splits", "2", "--seed", "8", "--architecture", "Conv4_FC3", "--epochs", "1"]
+    assert neurodl(bids, out, "group", "--stages", "split", "--maps-name", "child",
+                   "--test-size", "4", *common)[0] == 0
+    child_test = set(read(out / "maps/child/groups/test/data.tsv")["participant_id"])
+    code, err = neurodl(bids, out, "group", "--maps-name", "parent", "--test-size", "0",
+                        "--reserve-test-of", out / "maps/child", *common)
+    assert code == 0, err
+    parent_seen = set(read(out / "maps/parent/groups/train+validation.tsv")["participant_id"])
+    assert not parent_seen & child_test
+    assert set(read(out / "maps/parent/groups/test/data.tsv")["participant_id"]) == child_test
+    # the child, split again as a transfer from the parent, tests only on unseen participants
+    code, err = neurodl(bids, out, "group", "--maps-name", "child", "--overwrite",
+                        "--transfer-from", out / "maps/parent", "--test-size", "4", *common)
+    assert code == 0, err
+    assert set(read(out / "maps/child/groups/test/data.tsv")["participant_id"]) == child_test
+    code, err = neurodl(bids, out, "group", "--stages", "split", "--maps-name", "bad",
+                        "--reserve-test-of", out / "maps/child", "--transfer-from",
+                        out / "maps/src-missing", "--test-size", "0", *common)
+    assert code == 66
