@@ -18,6 +18,7 @@ import pandas as pd
 import torch
 
 from ..errors import DataError, UsageError
+from ..maps.weights import load_weights
 from ..train.experiment import Experiment, load_experiment
 from ..train.trainer import device_of
 from .interpret import saliency, save_nifti, to_volume
@@ -61,7 +62,7 @@ def interpret_group(opts) -> None:
             if not path.is_file():
                 raise DataError(f"{path} is missing: train split {split} first")
             model = exp.model(dataset.sample_shape).to(device)
-            model.load_state_dict(torch.load(path, map_location=device, weights_only=True))
+            model.load_state_dict(load_weights(path, device))
             folder = exp.layout.interpret_dir(split, selection, name, opts.method)
             volumes = [_explain_image(exp, model, dataset, k, root, folder, opts.method, device)
                        for k in range(dataset.n_images)]

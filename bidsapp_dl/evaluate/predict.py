@@ -12,12 +12,12 @@ import logging
 
 import numpy as np
 import pandas as pd
-import torch
 
 from ..bids.tables import participants_table, sessions_table
 from ..errors import DataError, InputMissingError, UsageError
 from ..extract.catalog import read_catalog
 from ..maps.io import write_json
+from ..maps.weights import load_weights
 from ..seeds import derive
 from ..split.demographics import group_summary
 from ..split.guard import check_leakage
@@ -148,5 +148,5 @@ def _predict_one(exp: Experiment, split: int, selection: str, name: str, table: 
 def _load(exp: Experiment, path, table: pd.DataFrame, device):
     sample_shape = exp.dataset(table.head(1), train=False, root=exp.opts.output_path).sample_shape
     model = exp.model(sample_shape).to(device)
-    model.load_state_dict(torch.load(path, map_location=device, weights_only=True))
+    model.load_state_dict(load_weights(path, device))
     return model

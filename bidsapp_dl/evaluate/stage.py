@@ -12,9 +12,9 @@ import logging
 
 import numpy as np
 import pandas as pd
-import torch
 
 from ..data import make_loader
+from ..maps.weights import load_weights
 from ..seeds import derive
 from ..train.experiment import Experiment, check_selection_metrics, load_experiment
 from ..train.passes import eval_pass, loss_function
@@ -156,7 +156,7 @@ def evaluate_split(exp: Experiment, split: int, device) -> list[pd.DataFrame]:
             continue
         sample_shape = exp.dataset(groups["validation"], train=False).sample_shape
         model = exp.model(sample_shape).to(device)
-        model.load_state_dict(torch.load(path, map_location=device, weights_only=True))
+        model.load_state_dict(load_weights(path, device))
         predicted = {g: predict_samples(exp, model, t, device) for g, t in groups.items()}
         weights = None
         if exp.opts.mode != "image" and exp.task != "reconstruction":

@@ -23,6 +23,7 @@ from ..data import make_loader
 from ..errors import DeviceError, UsageError
 from ..evaluate.metrics import metric_direction
 from ..maps.io import atomic_path, write_json
+from ..maps.weights import load_weights
 from ..seeds import derive, seed_everything
 from . import distributed
 from .experiment import Experiment
@@ -98,7 +99,7 @@ def _save_checkpoint(path, model, optimizer, scheduler, scaler, state: State) ->
 
 
 def _load_checkpoint(path, model, optimizer, scheduler, scaler) -> State:
-    payload = torch.load(path, map_location="cpu", weights_only=True)
+    payload = load_weights(path)
     model.load_state_dict(payload["model"])
     optimizer.load_state_dict(payload["optimizer"])
     if scheduler and payload["scheduler"]:

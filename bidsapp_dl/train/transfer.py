@@ -15,6 +15,7 @@ import torch
 
 from ..errors import InputMissingError, UsageError
 from ..maps.layout import MapsLayout
+from ..maps.weights import load_weights
 
 log = logging.getLogger(__name__)
 
@@ -40,7 +41,7 @@ def transfer_weights(model: torch.nn.Module, path: str, split: int, selection: s
     if not weights.is_file():
         raise InputMissingError(f"--transfer-from: {weights} is missing (the source has no "
                                 f"split {split} trained with best-{selection})")
-    source = torch.load(weights, map_location="cpu", weights_only=True)
+    source = load_weights(weights)
     if any(k.startswith("encoder.") for k in source):
         source = {"features." + k[len("encoder."):]: v for k, v in source.items()
                   if k.startswith("encoder.")}

@@ -303,3 +303,26 @@ def test_nested_tasks_child_split_first(trained, neurodl, tmp_path):
                         "--reserve-test-of", out / "maps/child", "--transfer-from",
                         out / "maps/src-missing", "--test-size", "0", *common)
     assert code == 66
+
+
+class _Payload:
+    """Unpickling this runs a command: what a hostile model file would do."""
+
+    def __init__(self, marker: Path):
+        self.marker = marker
+
+    def __reduce__(self):
+        import os
+
+        return (os.system, (f"touch {self.marker}",))
+
+
+def test_a_model_file_that_runs_code_is_refused(trained, maps, neurodl, tmp_path):
+    import torch
+
+    _, cohort = trained
+    marker = tmp_path / "pwned"
+    torch.save({"features.0.weight": _Payload(marker)}, maps / "split-0/best-BA/model.pt")
+    code, err = predict(neurodl, cohort, maps, "--group-name", "safe", "--best", "BA")
+    assert code == 65 and "not a weights-only model file" in err and "model.pt" in err
+    assert not marker.exists()
