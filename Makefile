@@ -7,7 +7,7 @@ TORCH_SPEC ?= $(shell ls $${PIP_FIND_LINKS:-/nonexistent}/torch-*+cpu-*.whl >/de
 PYTEST_ARGS ?= -n 2
 DEMO ?= demo
 
-.PHONY: venv demo test lint clean container container-test
+.PHONY: venv demo test lint clean container-test bench
 
 venv: $(VENV)/.installed
 
@@ -38,6 +38,10 @@ test: venv
 # the image with the CPU torch, run read-only, offline and non-root on generated data
 container-test: venv
 	bash scripts/container-test.sh
+
+# the performance suite: ratios against I/O and compute floors measured in the same run
+bench: venv
+	$(PY) benchmarks/run.py
 
 lint: venv
 	$(VENV)/bin/ruff check bidsapp_dl tests run.py
