@@ -1,0 +1,106 @@
+#!/usr/bin/env bash
+# Group-level throughput on a GPU: samples/s and GPU utilisation in image and patch modes,
+# float32 and --amp, at the default 1 mm grid (169 x 208 x 179). About 5 minutes.
+#
+#   bash benchmarks/gpu.sh [OUT_DIR]     # from the repository root; figures in OUT_DIR/gpu.tsv
+#
+# Settings (environment): PY (.venv/bin/python), N_SUBJECTS (40), EPOCHS (8), BATCH (8),
+# WORKERS (6), RUN_TIMEOUT (110 s per training run), DEVICE (cuda; cpu only to try the script).
+set -euo pipefail
+
+PY=${PY:-.venv/bin/python}
+N_SUBJECTS=${N_SUBJECTS:-40}
+EPOCHS=${EPOCHS:-8}
+BATCH=${BATCH:-8}
+WORKERS=${WORKERS:-6}
+RUN_TIMEOUT=${RUN_TIMEOUT:-110}
+DEVICE=${DEVICE:-cuda}
+OUT=$(realpath -m "${1:-$(mktemp -d /tmp/neurodl-gpu-XXXXXX)}")
+BIDS=$OUT/bids
+DERIV=$BIDS/derivatives/neurodl
+mkdir -p "$OUT"
+
+command -v nvidia-smi >/dev/null || { echo "gpu.sh: nvidia-smi not found: no NVIDIA GPU here" >&2; exit 69; }
+nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader | tee "$OUT/gpu.txt"
+
+echo "generating $N_SUBJECTS participants and extracting them (1 mm) ..."
+"$PY" -m bidsapp_dl.generate.cli "$BIDS" --kind trivial --n-subjects "$N_SUBJECTS" --seed 0 \
+    --overwrite -q
+"$PY" run.py "$BIDS" "$DERIV" participant --nprocs "$(nproc)" --skip-bids-validation \
+    > "$OUT/participant.log" 2>&1
+
+printf 'mode\tarchitecture\tamp\tsamples_per_s\tepoch_s\ttrain_samples\tgpu_util_mean_pct\tgpu_util_max_pct\tgpu_mem_max_mib\n' \
+    > "$OUT/gpu.tsv"
+
+for mode in image patch; do
+    arch=Conv5_FC3
+    [ "$mode" = patch ] && arch=Conv4_FC3
+    for amp in no yes; do
+        name=$mode-amp-$amp
+        flags=()
+        [ "$amp" = yes ] && flags+=(--amp)
+        echo "training $name ..."
+        # utilisation sampled every 200 ms while the run lasts; summarised over its epochs only
+        nvidia-smi --query-gpu=timestamp,utilization.gpu,memory.used --format=csv,noheader,nounits \
+            -lms 200 > "$OUT/$name.smi" &
+        smi=$!
+        status=0
+        timeout "$RUN_TIMEOUT" "$PY" run.py "$BIDS" "$DERIV" group --stages split train \
+            --maps-name "$name" --overwrite --task classification --label diagnosis --mode "$mode" \
+            --architecture "$arch" --n-splits 1 --validation-size 0.2 --test-size 0 \
+            --epochs "$EPOCHS" --batch-size "$BATCH" --num-workers "$WORKERS" --device "$DEVICE" \
+            --seed 1 "${flags[@]}" > "$OUT/$name.log" 2>&1 || status=$?
+        kill "$smi" 2>/dev/null || true
+        wait "$smi" 2>/dev/null || true
+        if [ "$status" -ne 0 ]; then
+            echo "  $name failed (exit $status), see $OUT/$name.log" >&2
+            printf '%s\t%s\t%s\tNA\tNA\tNA\tNA\tNA\tNA\n' "$mode" "$arch" "$amp" >> "$OUT/gpu.tsv"
+            continue
+        fi
+        "$PY" - "$DERIV" "$name" "$mode" "$arch" "$amp" "$OUT/$name.smi" >> "$OUT/gpu.tsv" <<'EOF'
+import csv, json, re, statistics, sys
+from datetime import datetime
+from pathlib import Path
+
+from bidsapp_dl.extract.modes import make_extractor
+
+deriv, name, mode, arch, amp, smi = sys.argv[1:]
+maps = Path(deriv, "maps", name)
+with open(maps / "split-0" / "training_logs" / "training.tsv") as fh:
+    epochs = [float(r["time"]) for r in csv.DictReader(fh, delimiter="\t")]
+with open(maps / "groups" / "train" / "split-0" / "data.tsv") as fh:
+    n_train = sum(1 for _ in csv.DictReader(fh, delimiter="\t"))
+shape = tuple(json.loads((maps / "maps.json").read_text())["tensor_shape"])
+extractor = make_extractor(mode, **({"patch_size": 50, "stride": 50} if mode == "patch" else {}))
+samples = n_train * extractor.n_samples(shape)
+epoch = statistics.median(epochs[1:])  # the first epoch warms up (cuDNN autotuning, page cache)
+
+# the window of the measured epochs: from the end of epoch 0 to the end of the last, in the log
+ends = []
+for log in (Path(deriv) / "logs").glob("group-*.log"):
+    text = log.read_text()
+    if f"stage split, MAPS {name}\n" not in text:
+        continue  # another run's log
+    ends = [datetime.strptime(line[:23], "%Y-%m-%d %H:%M:%S,%f").timestamp()
+            for line in text.splitlines() if re.search(r": split 0 epoch \d+:", line)]
+util, mem = [], []
+for row in open(smi):
+    parts = [p.strip() for p in row.split(",")]
+    if len(parts) != 3 or not parts[1].isdigit():
+        continue
+    t = datetime.strptime(parts[0], "%Y/%m/%d %H:%M:%S.%f").timestamp()
+    if len(ends) >= 2 and ends[0] <= t <= ends[-1]:
+        util.append(float(parts[1]))
+        mem.append(float(parts[2]))
+mean = f"{statistics.mean(util):.0f}" if util else "NA"
+peak = f"{max(util):.0f}" if util else "NA"
+memory = f"{max(mem):.0f}" if mem else "NA"
+print(f"{mode}\t{arch}\t{amp}\t{samples / epoch:.1f}\t{epoch:.3f}\t{samples}\t{mean}\t{peak}\t{memory}")
+EOF
+        tail -n 1 "$OUT/gpu.tsv"
+    done
+done
+
+echo
+column -t -s $'\t' "$OUT/gpu.tsv" 2>/dev/null || cat "$OUT/gpu.tsv"
+echo "figures: $OUT/gpu.tsv"
