@@ -16,7 +16,8 @@ HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
 RUN_PY = REPO / "run.py"
 PYTHON = sys.executable
-MIB = 1024.0 * 1024.0
+# time.monotonic() after which commands are stopped: the whole suite keeps to its time limit
+deadline: float | None = None
 
 # the file log of a run: "2025-01-01 12:00:00,123 MainProcess [INFO] logger.name: message"
 _LOG_LINE = re.compile(r"^(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3}) \S+ \[\w+\] \S+: (.*)$")
@@ -78,6 +79,10 @@ def run(cmd: list[str], name: str, logs: Path, *, env: dict[str, str] | None = N
         cwd: Path | None = None, timeout: float = 900, sample_rss: bool = False) -> Finished:
     """Run ``cmd``, its output to ``logs/name.{out,err}``; raise CommandFailed on failure."""
     logs.mkdir(parents=True, exist_ok=True)
+    if deadline is not None:
+        if time.monotonic() >= deadline:
+            raise CommandFailed(f"{name}: not started, the time limit of the suite is reached")
+        timeout = min(timeout, deadline - time.monotonic())
     out, err = logs / f"{name}.out", logs / f"{name}.err"
     full_env = {**os.environ, **(env or {})}
     with open(out, "wb") as fo, open(err, "wb") as fe:
@@ -102,6 +107,8 @@ def run(cmd: list[str], name: str, logs: Path, *, env: dict[str, str] | None = N
     done = Finished(proc.pid, proc.returncode, started, wall, usage.ru_maxrss / 1024.0,
                     usage.ru_utime, usage.ru_stime, usage.ru_minflt,
                     dict(sampler.peaks) if sampler else {}, out, err)
+    if done.returncode != 0 and wall >= timeout:
+        raise CommandFailed(f"{name}: stopped after {wall:.0f} s (time limit)")
     if done.returncode != 0:
         tail = err.read_text(errors="replace").strip().splitlines()[-5:]
         raise CommandFailed(f"{name}: exit {done.returncode} after {wall:.1f} s: "

@@ -352,6 +352,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--only", nargs="+", choices=SECTIONS, default=None,
                         help="run these sections only (default: all; --quick: all but demo)")
     parser.add_argument("--keep-data", action="store_true", help="keep the generated data")
+    parser.add_argument("--time-limit", type=float, default=570, metavar="S",
+                        help="stop commands and skip sections after S seconds (default: "
+                             "%(default)s); a busy machine can slow everything several times")
     args = parser.parse_args(argv)
     plan = QUICK if args.quick else Plan()
     out = (args.out.absolute() if args.out else
@@ -368,11 +371,16 @@ def main(argv: list[str] | None = None) -> int:
     print(f"neurodl benchmarks ({'quick' if args.quick else 'full'}), results in {out}",
           flush=True)
     started = time.perf_counter()
+    bench_procs.deadline = time.monotonic() + args.time_limit
     rows: list[Row] = []
     for name in only:
         t0 = time.perf_counter()
         print(f"- {name} ...", end=" ", flush=True)
         load = os.getloadavg()[0]
+        if time.monotonic() >= bench_procs.deadline:
+            print("skipped (time limit)", flush=True)
+            rows.append(Row(f"{name}: skipped (time limit)", None, "", verdict="ERROR"))
+            continue
         try:
             rows += sections[name](ctx)
             # other work on the machine shows here: figures of a busy spell are rougher
