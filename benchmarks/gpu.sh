@@ -49,7 +49,7 @@ for mode in image patch; do
             --maps-name "$name" --overwrite --task classification --label diagnosis --mode "$mode" \
             --architecture "$arch" --n-splits 1 --validation-size 0.2 --test-size 0 \
             --epochs "$EPOCHS" --batch-size "$BATCH" --num-workers "$WORKERS" --device "$DEVICE" \
-            --seed 1 "${flags[@]}" > "$OUT/$name.log" 2>&1 || status=$?
+            --seed 1 ${flags[@]+"${flags[@]}"} > "$OUT/$name.log" 2>&1 || status=$?
         kill "$smi" 2>/dev/null || true
         wait "$smi" 2>/dev/null || true
         if [ "$status" -ne 0 ]; then

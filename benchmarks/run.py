@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """neurodl benchmarks: each measure beside a floor measured in the same run.
 
-``python benchmarks/run.py [--quick] [--out DIR] [--only SECTION...] [--keep-data]``
+``python benchmarks/run.py [--quick] [--out DIR] [--only SECTION...] [--keep-data] [--time-limit S]``
 
 Writes ``DIR/results.tsv`` (measure, value, unit, floor, ratio, target, verdict), ``DIR/details.json``
 and the output of every command under ``DIR/logs/``; prints the table. Without ``--out``, DIR is a
@@ -249,7 +249,7 @@ def startup_memory(ctx: Context) -> list[Row]:
         }
         measured[count] = {"startup_s": first_step - done.started, "maxrss_mib": done.maxrss_mib,
                            "sampled_peaks_mib": done.peaks_mib, "phases": phases,
-                           "whole_run_s": done.wall}
+                           "process": bench_procs.cpu_usage(done)}
     info.update({str(k): v for k, v in measured.items()})
     small, large = sorted(measured)
     rows = [
