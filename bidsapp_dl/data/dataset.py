@@ -26,12 +26,20 @@ from .augment import Augment
 TASKS = ("classification", "regression", "reconstruction")
 
 
-def _max_open_maps() -> int:
-    # Each open memory map holds a file descriptor: stay well below the process limit.
+MAPPED_BYTES = 256 * 2**20
+
+
+def _max_open_maps(volume_bytes: int = 0) -> int:
+    """How many volumes stay mapped at once.
+
+    Each open map holds a file descriptor (stay well below the process limit), and the pages
+    it has read count in the process's resident memory: keep about ``MAPPED_BYTES`` mapped,
+    so memory does not grow with the number of images.
+    """
     soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
-    if soft == resource.RLIM_INFINITY:
-        return 4096
-    return max(16, min(4096, soft // 4))
+    by_files = 4096 if soft == resource.RLIM_INFINITY else max(16, min(4096, soft // 4))
+    by_bytes = max(4, MAPPED_BYTES // max(int(volume_bytes), 1))
+    return min(by_files, by_bytes)
 
 
 def read_npy_header(path: Path) -> tuple[tuple[int, ...], np.dtype]:
@@ -122,7 +130,9 @@ class TensorDataset(torch.utils.data.Dataset):
         self.label_code, self._labels = self._encode_labels(table, label_code)
         self._volumes: OrderedDict[int, np.ndarray] = OrderedDict()
         self._pid = os.getpid()
-        self._max_open = len(self.paths) if self.cache else _max_open_maps()
+        largest = max(int(np.prod(shape)) * dtype.itemsize
+                      for shape, dtype in zip(self.shapes, self.dtypes))
+        self._max_open = len(self.paths) if self.cache else _max_open_maps(largest)
         if self.cache:
             for k, path in enumerate(self.paths):
                 self._volumes[k] = np.load(path, allow_pickle=False)

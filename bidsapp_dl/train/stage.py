@@ -16,7 +16,8 @@ log = logging.getLogger(__name__)
 def run_train(opts) -> None:
     exp = load_experiment(opts)
     check_selection_metrics(exp.opts)
-    torch.use_deterministic_algorithms(exp.opts.deterministic, warn_only=True)
+    if exp.opts.deterministic:  # the call itself imports torch's compiler (~1 s): only if asked
+        torch.use_deterministic_algorithms(True, warn_only=True)
     torch.backends.cudnn.benchmark = not exp.opts.deterministic
     if exp.opts.amp and not torch.cuda.is_available():
         log.warning("--amp works on CUDA devices only: training in float32")
