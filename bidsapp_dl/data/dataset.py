@@ -26,7 +26,7 @@ from .augment import Augment
 TASKS = ("classification", "regression", "reconstruction")
 
 
-MAPPED_BYTES = 256 * 2**20
+MAPPED_BYTES = 64 * 2**20
 
 
 def _max_open_maps(volume_bytes: int = 0) -> int:
