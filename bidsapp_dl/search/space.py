@@ -55,15 +55,16 @@ import numpy as np
 from ..cli.options import Options
 from ..errors import UsageError
 from ..maps.layout import safe_name
+from ..train.experiment import RUN_CONTROL
 
 DISTRIBUTIONS = ("uniform", "log-uniform", "int-uniform", "choice")
 _SPEC_KEYS = {"uniform": {"low", "high"}, "log-uniform": {"low", "high"},
               "int-uniform": {"low", "high"}, "choice": {"values"}}
 _FIELDS = {f.name: f for f in dataclasses.fields(Options)}
-# how the run goes, not what is learnt: the same for every trial
-_RUN_CONTROL = frozenset({"resume", "num_workers", "cache_data"})
+# how the run goes, not what is learnt (the options a later job may change): never searched
 SEARCHABLE = frozenset(name for name, f in _FIELDS.items()
-                       if f.metadata.get("group") in ("training", "mode") and name not in _RUN_CONTROL)
+                       if f.metadata.get("group") in ("training", "mode")
+                       and name not in RUN_CONTROL)
 
 
 def trial_name(base: str, trial: int) -> str:

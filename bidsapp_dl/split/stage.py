@@ -35,7 +35,7 @@ from .splits import Splits, _holdout, _units, make_splits, split_summary
 log = logging.getLogger(__name__)
 
 # how a run was asked for, not what it computes: left out so the same experiment gives the same file
-RUN_CONTROL = ("overwrite", "config")
+NOT_RECORDED = ("overwrite", "config")
 DATA_COLUMNS = ["participant_id", "session_id", "label", "tensor", "unit", "data_sha256",
                 "source_sha256"]
 
@@ -72,7 +72,7 @@ def _write_maps(root: Path, opts: Options, seed_drawn: bool, table: pd.DataFrame
     participants = sorted(table["participant_id"].unique())
     maps = {
         "neurodl_version": __version__,
-        "options": {k: v for k, v in resolved(opts).items() if k not in RUN_CONTROL},
+        "options": {k: v for k, v in resolved(opts).items() if k not in NOT_RECORDED},
         "seed": opts.seed,
         "seed_drawn": seed_drawn,
         "label": info.as_dict(),
