@@ -118,7 +118,18 @@ def main(argv: list[str] | None = None) -> int:
         return _fail(str(exc), exc.exit_code)
     except KeyboardInterrupt:
         return _fail("interrupted; run the same command again to continue", 130)
+    except MemoryError as exc:  # host memory; CUDA's out-of-memory error is a RuntimeError
+        log.debug("out of memory", exc_info=True)
+        return _fail(f"out of memory ({exc or 'host RAM'}): lower --nprocs or --num-workers, or "
+                     "--batch-size; then run the same command again (with --resume at group level)", 1)
     except Exception as exc:  # the one place that catches everything, to log it
+        if type(exc).__name__ == "OutOfMemoryError":  # torch.OutOfMemoryError (GPU)
+            log.debug("out of GPU memory", exc_info=True)
+            first = str(exc).splitlines()[0] if str(exc) else "CUDA out of memory"
+            return _fail(f"out of GPU memory ({first}): lower --batch-size (with --accumulation-steps "
+                         "to keep the effective batch size), add --amp, or choose a smaller "
+                         "--architecture or the patch mode; then run the same command again with --resume",
+                         69)
         log.error("unexpected failure", exc_info=True)
         where = f" (traceback in {log_path})" if log_path else ""
         return _fail(f"unexpected {type(exc).__name__}: {exc}{where}; please report it", 1)
