@@ -1,11 +1,15 @@
 #!/usr/bin/env bash
 # Group-level throughput on a GPU: samples/s and GPU utilisation in image and patch modes,
-# float32 and --amp, at the default 1 mm grid (169 x 208 x 179). About 5 minutes.
+# float32 and --amp, at the default 1 mm grid (169 x 208 x 179); then checks of the GPU code
+# paths: torch.compile, --deterministic twice (identical tables?), evaluation and
+# interpretation on the GPU, and the out-of-memory message. About 6 minutes.
 #
-#   bash benchmarks/gpu.sh [OUT_DIR]     # from the repository root; figures in OUT_DIR/gpu.tsv
+#   bash benchmarks/gpu.sh [OUT_DIR]     # from the repository root; figures in OUT_DIR/gpu.tsv,
+#                                        # checks in OUT_DIR/checks.tsv
 #
 # Settings (environment): PY (.venv/bin/python), N_SUBJECTS (40), EPOCHS (8), BATCH (8),
-# WORKERS (6), RUN_TIMEOUT (110 s per training run), DEVICE (cuda; cpu only to try the script).
+# WORKERS (6), RUN_TIMEOUT (110 s per run), DEVICE (cuda; cpu only to try the script),
+# CHECKS (1; 0 skips the checks).
 set -euo pipefail
 
 PY=${PY:-.venv/bin/python}
@@ -15,6 +19,7 @@ BATCH=${BATCH:-8}
 WORKERS=${WORKERS:-6}
 RUN_TIMEOUT=${RUN_TIMEOUT:-110}
 DEVICE=${DEVICE:-cuda}
+CHECKS=${CHECKS:-1}
 OUT=$(realpath -m "${1:-$(mktemp -d /tmp/neurodl-gpu-XXXXXX)}")
 BIDS=$OUT/bids
 DERIV=$BIDS/derivatives/neurodl
@@ -104,3 +109,57 @@ done
 echo
 column -t -s $'\t' "$OUT/gpu.tsv" 2>/dev/null || cat "$OUT/gpu.tsv"
 echo "figures: $OUT/gpu.tsv"
+[ "$CHECKS" = 1 ] || exit 0
+
+# ---- checks: each one a command, its exit status, and what its outputs show ----
+printf 'check\tstatus\twall_s\tdetail\n' > "$OUT/checks.tsv"
+common=(--task classification --label diagnosis --n-splits 1 --validation-size 0.2 --test-size 0.2
+        --batch-size "$BATCH" --num-workers "$WORKERS" --device "$DEVICE" --seed 2 --overwrite)
+check() {  # check NAME ARGS...: run one command, record its exit status and wall time
+    local name=$1 start status=0
+    shift
+    echo "check $name ..."
+    start=$(date +%s%N)
+    timeout "$RUN_TIMEOUT" "$@" > "$OUT/check-$name.log" 2>&1 || status=$?
+    printf '%s\t%s\t%s\t' "$name" "$status" "$(( ($(date +%s%N) - start) / 1000000000 ))" >> "$OUT/checks.tsv"
+}
+note() { printf '%s\n' "$*" | head -n 1 >> "$OUT/checks.tsv"; }
+
+# torch.compile (with --amp): its epoch times, against the --amp run above
+check compile "$PY" run.py "$BIDS" "$DERIV" group --stages split train --maps-name compile \
+    --mode image --architecture Conv5_FC3 --epochs 4 --amp --compile "${common[@]}"
+note "epoch s: $("$PY" -c 'import csv, sys
+print(" ".join(r["time"] for r in csv.DictReader(open(sys.argv[1]), delimiter="\t")))' \
+    "$DERIV/maps/compile/split-0/training_logs/training.tsv" 2>&1 | tail -n 1)"
+
+# --deterministic twice: training, evaluation and interpretation on the GPU; tables compared
+for run in a b; do
+    check "deterministic-$run" "$PY" run.py "$BIDS" "$DERIV" group \
+        --stages split train evaluate interpret --maps-name "det-$run" --mode image \
+        --architecture Conv5_FC3 --epochs 3 --deterministic --amp "${common[@]}"
+    note "$(find "$DERIV/maps/det-$run" -name '*.nii.gz' 2>/dev/null | wc -l) saliency maps"
+done
+printf 'deterministic-identical\tNA\tNA\t' >> "$OUT/checks.tsv"
+note "$("$PY" -c '
+import sys
+from pathlib import Path
+a, b = (Path(sys.argv[1], "maps", f"det-{r}") for r in "ab")
+files = sorted(p.relative_to(a) for p in a.rglob("*.tsv") if "training_logs" in p.parts
+               or p.name.endswith(("_prediction.tsv", "_metrics.tsv")))
+diff = [str(f) for f in files if not (b / f).exists() or (a / f).read_bytes() != (b / f).read_bytes()]
+print(f"{len(files) - len(diff)}/{len(files)} tables identical" + (f"; differ: {diff[:4]}" if diff else ""))
+' "$DERIV" 2>&1)"
+
+# out of GPU memory: a process allowed a sliver of the card must exit 69 with advice
+check oom "$PY" -c '
+import runpy, sys, torch
+torch.cuda.set_per_process_memory_fraction(0.0003)
+sys.argv = ["run.py", *sys.argv[1:]]
+runpy.run_path("run.py", run_name="__main__")
+' "$BIDS" "$DERIV" group --stages split train --maps-name oom --mode image \
+    --architecture Conv5_FC3 --epochs 1 "${common[@]}"
+note "$(grep -o 'neurodl: error: .*' "$OUT/check-oom.log" | cut -c1-240 || echo 'no message')"
+
+echo
+column -t -s $'\t' "$OUT/checks.tsv" 2>/dev/null || cat "$OUT/checks.tsv"
+echo "checks: $OUT/checks.tsv"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 
 import torch
 
@@ -17,6 +18,8 @@ def run_train(opts) -> None:
     exp = load_experiment(opts)
     check_selection_metrics(exp.opts)
     if exp.opts.deterministic:  # the call itself imports torch's compiler (~1 s): only if asked
+        # cuBLAS needs a fixed workspace to be deterministic; set before CUDA starts
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
         torch.use_deterministic_algorithms(True, warn_only=True)
     torch.backends.cudnn.benchmark = not exp.opts.deterministic
     if exp.opts.amp and not torch.cuda.is_available():
