@@ -9,7 +9,8 @@
 #
 # Settings (environment): PY (.venv/bin/python), N_SUBJECTS (40), EPOCHS (8), BATCH (8),
 # WORKERS (6), RUN_TIMEOUT (110 s per run), DEVICE (cuda; cpu only to try the script),
-# CHECKS (1; 0 skips the checks).
+# CHECKS (1; 0 skips the checks), MODES ("image patch"), EXTRA (more training options, e.g.
+# --cache-data; TAG names the variant in gpu.tsv). Data already in OUT_DIR are reused.
 set -euo pipefail
 
 PY=${PY:-.venv/bin/python}
@@ -20,6 +21,9 @@ WORKERS=${WORKERS:-6}
 RUN_TIMEOUT=${RUN_TIMEOUT:-110}
 DEVICE=${DEVICE:-cuda}
 CHECKS=${CHECKS:-1}
+MODES=${MODES:-image patch}
+EXTRA=${EXTRA:-}
+TAG=${TAG:-}
 OUT=$(realpath -m "${1:-$(mktemp -d /tmp/neurodl-gpu-XXXXXX)}")
 BIDS=$OUT/bids
 DERIV=$BIDS/derivatives/neurodl
@@ -28,21 +32,25 @@ mkdir -p "$OUT"
 command -v nvidia-smi >/dev/null || { echo "gpu.sh: nvidia-smi not found: no NVIDIA GPU here" >&2; exit 69; }
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader | tee "$OUT/gpu.txt"
 
-echo "generating $N_SUBJECTS participants and extracting them (1 mm) ..."
-"$PY" -m bidsapp_dl.generate.cli "$BIDS" --kind trivial --n-subjects "$N_SUBJECTS" --seed 0 \
-    --overwrite -q
-"$PY" run.py "$BIDS" "$DERIV" participant --nprocs "$(nproc)" --skip-bids-validation \
-    > "$OUT/participant.log" 2>&1
+if [ -f "$DERIV/dataset_description.json" ]; then
+    echo "reusing the data in $BIDS"
+else
+    echo "generating $N_SUBJECTS participants and extracting them (1 mm) ..."
+    "$PY" -m bidsapp_dl.generate.cli "$BIDS" --kind trivial --n-subjects "$N_SUBJECTS" --seed 0 \
+        --overwrite -q
+    "$PY" run.py "$BIDS" "$DERIV" participant --nprocs "$(nproc)" --skip-bids-validation \
+        > "$OUT/participant.log" 2>&1
+fi
 
-printf 'mode\tarchitecture\tamp\tsamples_per_s\tepoch_s\ttrain_samples\tgpu_util_mean_pct\tgpu_util_max_pct\tgpu_mem_max_mib\n' \
+[ -f "$OUT/gpu.tsv" ] || printf 'mode\tarchitecture\tamp\tsamples_per_s\tepoch_s\ttrain_samples\tgpu_util_mean_pct\tgpu_util_max_pct\tgpu_mem_max_mib\n' \
     > "$OUT/gpu.tsv"
 
-for mode in image patch; do
+for mode in $MODES; do
     arch=Conv5_FC3
     [ "$mode" = patch ] && arch=Conv4_FC3
     for amp in no yes; do
-        name=$mode-amp-$amp
-        flags=()
+        name=$mode$TAG-amp-$amp
+        flags=($EXTRA)
         [ "$amp" = yes ] && flags+=(--amp)
         echo "training $name ..."
         # utilisation sampled every 200 ms while the run lasts; summarised over its epochs only
@@ -62,14 +70,14 @@ for mode in image patch; do
             printf '%s\t%s\t%s\tNA\tNA\tNA\tNA\tNA\tNA\n' "$mode" "$arch" "$amp" >> "$OUT/gpu.tsv"
             continue
         fi
-        "$PY" - "$DERIV" "$name" "$mode" "$arch" "$amp" "$OUT/$name.smi" >> "$OUT/gpu.tsv" <<'EOF'
+        "$PY" - "$DERIV" "$name" "$mode" "$arch" "$amp" "$OUT/$name.smi" "$TAG" >> "$OUT/gpu.tsv" <<'EOF'
 import csv, json, re, statistics, sys
 from datetime import datetime
 from pathlib import Path
 
 from bidsapp_dl.extract.modes import make_extractor
 
-deriv, name, mode, arch, amp, smi = sys.argv[1:]
+deriv, name, mode, arch, amp, smi, tag = sys.argv[1:]
 maps = Path(deriv, "maps", name)
 with open(maps / "split-0" / "training_logs" / "training.tsv") as fh:
     epochs = [float(r["time"]) for r in csv.DictReader(fh, delimiter="\t")]
@@ -100,7 +108,7 @@ for row in open(smi):
 mean = f"{statistics.mean(util):.0f}" if util else "NA"
 peak = f"{max(util):.0f}" if util else "NA"
 memory = f"{max(mem):.0f}" if mem else "NA"
-print(f"{mode}\t{arch}\t{amp}\t{samples / epoch:.1f}\t{epoch:.3f}\t{samples}\t{mean}\t{peak}\t{memory}")
+print(f"{mode}{tag}\t{arch}\t{amp}\t{samples / epoch:.1f}\t{epoch:.3f}\t{samples}\t{mean}\t{peak}\t{memory}")
 EOF
         tail -n 1 "$OUT/gpu.tsv"
     done
