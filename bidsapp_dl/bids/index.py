@@ -93,7 +93,7 @@ def check_sessions(roots: list[Path], participants: list[str], requested: list[s
     if missing:
         raise InputMissingError(
             f"session(s) {_listing(missing, 'ses-')} not found for the selected participants; "
-            f"they have {_listing(known, 'ses-')}")
+            f"they have {_listing(known, 'ses-')}; choose among those or leave out --session-label")
 
 
 def load_filters(path: str | None) -> dict[str, dict[str, Any]]:
@@ -109,11 +109,14 @@ def load_filters(path: str | None) -> dict[str, dict[str, Any]]:
     try:
         filters = json.loads(Path(path).read_text(encoding="utf-8-sig"), object_hook=hook)
     except OSError as exc:
-        raise UsageError(f"--bids-filter-file {path}: cannot read it ({exc.strerror})") from exc
+        raise UsageError(f"--bids-filter-file {path}: cannot read it ({exc.strerror}); check the "
+                         "path and its permissions") from exc
     except ValueError as exc:
-        raise UsageError(f"--bids-filter-file {path}: not valid JSON ({exc})") from exc
+        raise UsageError(f"--bids-filter-file {path}: not valid JSON ({exc}); fix it, e.g. "
+                         '{"t1w": {"datatype": "anat", "suffix": "T1w"}}') from exc
     if not isinstance(filters, dict) or not all(isinstance(v, dict) for v in filters.values()):
-        raise UsageError(f"--bids-filter-file {path}: expected {{\"t1w\": {{entity: value}}}}")
+        raise UsageError(f"--bids-filter-file {path}: not a table of queries; write it as "
+                         '{"t1w": {"entity": "value"}}, e.g. {"t1w": {"session": "M000"}}')
     for other in sorted(set(filters) - set(queries)):
         log.warning("--bids-filter-file: query '%s' is not used (neurodl reads %s)", other,
                     ", ".join(queries))
@@ -137,8 +140,8 @@ def _check_derivative(root: Path) -> None:
         raise InputMissingError(f"--derivatives {root}: no such folder")
     if not desc.is_file():
         raise InputMissingError(
-            f"--derivatives {root}: no dataset_description.json; a BIDS derivative dataset needs "
-            "one with Name, BIDSVersion and GeneratedBy")
+            f"--derivatives {root}: no dataset_description.json; check the path, or add one with "
+            "Name, BIDSVersion and GeneratedBy (every BIDS derivative dataset needs it)")
     try:
         meta = json.loads(desc.read_text(encoding="utf-8-sig"))
     except ValueError as exc:

@@ -19,10 +19,12 @@ from argparse_dataclass import ArgumentParser
 
 from .. import __version__
 from ..errors import AnalysisLevelError, UsageError
+from ..maps.layout import MAX_NAME_LENGTH, safe_name
 
 ANALYSIS_LEVELS = ("participant", "group")
 LABEL_RE = re.compile(r"^[A-Za-z0-9]+$")
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+MAX_LABEL_LENGTH = 64  # sub-<label>_ses-<label>_..._desc-tensor_T1w.json stays a valid file name
 STAGES = ("split", "train", "evaluate", "predict", "interpret", "report", "search-summary")
 
 
@@ -416,7 +418,10 @@ def strip_label(label: str, prefix: str) -> str:
     if not LABEL_RE.match(value):
         raise UsageError(
             f"label '{label}' is not a valid BIDS label: only letters and digits may follow "
-            f"'{prefix}' (e.g. {prefix}01)")
+            f"'{prefix}'; give the label alone, e.g. {prefix}01 or 01")
+    if len(value) > MAX_LABEL_LENGTH:
+        raise UsageError(f"label '{label[:20]}...' is {len(value)} characters long: BIDS labels "
+                         f"here have at most {MAX_LABEL_LENGTH}")
     return value
 
 
@@ -462,8 +467,13 @@ def check(opts: Options) -> Options:
         if value is not None and not LABEL_RE.match(value):
             raise UsageError(f"--{name} {value}: only letters and digits are allowed")
     if opts.maps_name is not None and (not NAME_RE.match(opts.maps_name) or ".." in opts.maps_name):
-        raise UsageError(f"--maps-name {opts.maps_name}: use letters, digits, '.', '_' and '-' "
-                         "only (it names a folder under OUTPUT_DIR/maps)")
+        raise UsageError(f"--maps-name {opts.maps_name}: not a folder name; use letters, digits, '.', "
+                         "'_' and '-' only, e.g. --maps-name adcn (it names a folder under OUTPUT_DIR/maps)")
+    if opts.maps_name is not None and len(opts.maps_name) > MAX_NAME_LENGTH:
+        raise UsageError(f"--maps-name {opts.maps_name[:20]}...: {len(opts.maps_name)} characters "
+                         f"long; use at most {MAX_NAME_LENGTH} (it names a folder)")
+    if opts.group_name is not None:
+        safe_name(opts.group_name, "--group-name")
     if opts.n_splits < 1:
         raise UsageError(f"--n-splits {opts.n_splits}: must be at least 1")
     for name in ("test_size", "validation_size"):

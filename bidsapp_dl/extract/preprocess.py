@@ -43,6 +43,8 @@ _CHOICES = {
 _BLOCK_MM = 4.0
 _HEAD_FRACTION = 0.1
 _STATS_MAX_VOXELS = 2_000_000
+# The smallest field of view taken for an image of a head (a brain is over 100 mm across).
+_MIN_EXTENT_MM = 20.0
 
 
 @dataclass(frozen=True)
@@ -232,6 +234,12 @@ def load_image(path: str | Path, raw: bytes | None = None) -> nib.Nifti1Image:
     if not (np.isfinite(affine).all() and abs(np.linalg.det(affine[:3, :3])) > 1e-9):
         raise _bad(path, "has an unusable voxel-to-world affine (singular or not finite)",
                    "fix the sform/qform of its header")
+    extent = np.sqrt((affine[:3, :3] ** 2).sum(axis=0)) * np.array(data.shape)
+    if extent.min() < _MIN_EXTENT_MM:
+        size = " x ".join(f"{e:.3g}" for e in extent)
+        raise _bad(path, f"covers only {size} mm (shape {source_shape}): too small for a head "
+                   f"image (at least {_MIN_EXTENT_MM:g} mm along every axis)",
+                   "check that it is the right file (not a localizer, a slab or a test image)")
     extra = {"source": str(path), "source_dtype": str(source_dtype), "source_shape": source_shape,
              "n_nonfinite": n_nonfinite, "finite_range": (low, high)}
     return nib.Nifti1Image(data, affine, extra=extra)

@@ -197,20 +197,18 @@ def _raise_missing_column(column: str, participants: pd.DataFrame, sessions: pd.
     ids = {"participant_id", "session_id"}
     in_participants = [c for c in participants.columns if c not in ids]
     in_sessions = [c for c in sessions.columns if c not in ids]
-    has_participants = (bids_dir / PARTICIPANTS).is_file()
-    if not has_participants and sessions.empty:
-        raise InputMissingError(f"label column '{column}' has nowhere to come from: {bids_dir} has no "
-                                "participants.tsv and the selected participants have no sessions.tsv; "
-                                f"add a participants.tsv with a '{column}' column")
-    found = [f"participants.tsv has {', '.join(in_participants) or 'no other column'}"
-             if has_participants else "there is no participants.tsv",
-             f"sessions.tsv files have {', '.join(in_sessions) or 'no other column'}"
-             if not sessions.empty else "there is no sessions.tsv"]
     choices = list(dict.fromkeys(in_participants + in_sessions))
     hint = _closest(column, choices)
     hint = f"did you mean '{hint}'? " if hint else ""
+    in_sessions_text = (f"sessions.tsv files have {', '.join(in_sessions) or 'no other column'}"
+                        if not sessions.empty else "there is no sessions.tsv")
+    if not (bids_dir / PARTICIPANTS).is_file():
+        raise InputMissingError(f"label column '{column}' has nowhere to come from: {bids_dir} has no "
+                                f"participants.tsv ({in_sessions_text}); {hint}add a participants.tsv "
+                                f"with a '{column}' column, or pass --label with an existing column")
     raise DataError(f"label column '{column}' is in neither participants.tsv nor sessions.tsv of "
-                    f"{bids_dir} ({'; '.join(found)}); {hint}pass --label with one of the existing columns")
+                    f"{bids_dir} (participants.tsv has {', '.join(in_participants) or 'no other column'}; "
+                    f"{in_sessions_text}); {hint}pass --label with one of the existing columns")
 
 
 def _closest(word: str, choices: list[str]) -> str | None:
