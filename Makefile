@@ -7,7 +7,7 @@ TORCH_SPEC ?= $(shell ls $${PIP_FIND_LINKS:-/nonexistent}/torch-*+cpu-*.whl >/de
 PYTEST_ARGS ?= -n 2
 DEMO ?= demo
 
-.PHONY: venv demo test lint clean container-test bench
+.PHONY: venv demo test test-slow lint clean container-test bench
 
 venv: $(VENV)/.installed
 
@@ -31,9 +31,15 @@ demo: venv
 		r = s[(s.group == 'test') & (s.level == 'image') & (s.metric == 'BA') & (s.selection == 'BA')].iloc[0]; \
 		print(f'test balanced accuracy (image level, best-BA models): {r[\"mean\"]:.3f} +/- {r.sd:.3f} over {r.n_splits} splits')"
 	@echo "MAPS: $(DEMO)/bids/derivatives/neurodl/maps/demo"
+	@echo "report: $(DEMO)/bids/derivatives/neurodl/maps/demo/report.html"
+	@echo "QC of the extracted tensors: $(DEMO)/bids/derivatives/neurodl/qc.html"
 
+# the tests marked slow (kill -9 at random moments, racing jobs, a full disk...) run apart
 test: venv
-	$(VENV)/bin/pytest $(PYTEST_ARGS)
+	$(VENV)/bin/pytest $(PYTEST_ARGS) -m "not slow"
+
+test-slow: venv
+	$(VENV)/bin/pytest $(PYTEST_ARGS) -m slow
 
 # the image with the CPU torch, run read-only, offline and non-root on generated data
 container-test: venv

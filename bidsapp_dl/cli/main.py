@@ -6,6 +6,7 @@ is configured. Heavy modules (pybids, torch) are imported by the levels, never h
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
 import sys
@@ -34,13 +35,40 @@ def _setup_logging(verbosity: int) -> None:
         logging.getLogger(noisy).setLevel(logging.WARNING if verbosity < 2 else logging.DEBUG)
 
 
+class _LogFile(logging.FileHandler):
+    """The run's log file; one that cannot be written (full disk) goes quiet, not the run."""
+
+    def handleError(self, record: logging.LogRecord) -> None:  # noqa: N802 - logging API
+        log.removeHandler(self)
+
+
+# errors of writing that the user can fix: space and read-only mounts anywhere; permissions and
+# names too long in OUTPUT_DIR (elsewhere they may be about reading an input)
+FULL_OR_READ_ONLY = (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EFBIG)
+NOT_ALLOWED = (errno.EACCES, errno.EPERM, errno.ENAMETOOLONG)
+
+
+def _is_output_error(exc: OSError, output_dir: Path | None) -> bool:
+    if exc.errno in FULL_OR_READ_ONLY:
+        return True
+    if exc.errno not in NOT_ALLOWED or not exc.filename or output_dir is None:
+        return False
+    return Path(os.path.abspath(exc.filename)).is_relative_to(os.path.abspath(output_dir))
+
+
+def _output_error(exc: OSError) -> str:
+    where = exc.filename or "OUTPUT_DIR"
+    return (f"cannot write {where} ({exc.strerror or exc}); free some space or choose a writable "
+            "OUTPUT_DIR (mount it read-write in a container), then run the same command again")
+
+
 def _log_to_file(output_dir: Path, level: str) -> Path | None:
     """One log file per run under OUTPUT_DIR/logs (DEBUG level, whatever the console shows)."""
     stamp = time.strftime("%Y%m%d-%H%M%S")
     path = output_dir / "logs" / f"{level}-{stamp}-{os.getpid()}.log"
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        handler = logging.FileHandler(path, encoding="utf-8")
+        handler = _LogFile(path, encoding="utf-8")
     except OSError as exc:
         raise OutputError(
             f"cannot write in OUTPUT_DIR {output_dir} ({exc.strerror}); check that it exists "
@@ -85,7 +113,7 @@ def main(argv: list[str] | None = None) -> int:
             return _list_models(args)
         except SystemExit as exc:  # argparse: --help (0) or a usage error
             return 0 if exc.code == 0 else 64
-    log_path = None
+    log_path = opts = None
     try:
         try:
             opts, verbosity = parse_args(args)
@@ -96,8 +124,8 @@ def main(argv: list[str] | None = None) -> int:
             from ..errors import InputMissingError
 
             raise InputMissingError(
-                f"BIDS_DIR {opts.bids_dir} does not exist or is not a folder (in a container, "
-                "check that it is mounted, e.g. -v /path/to/bids:/data:ro)")
+                f"BIDS_DIR {opts.bids_dir} does not exist or is not a folder; check the path (in a "
+                "container, check that it is mounted, e.g. -v /path/to/bids:/data:ro)")
         log_path = _log_to_file(opts.output_path, opts.analysis_level)
         from .. import __version__
 
@@ -123,6 +151,9 @@ def main(argv: list[str] | None = None) -> int:
         return _fail(f"out of memory ({exc or 'host RAM'}): lower --nprocs or --num-workers, or "
                      "--batch-size; then run the same command again (with --resume at group level)", 1)
     except Exception as exc:  # the one place that catches everything, to log it
+        if isinstance(exc, OSError) and _is_output_error(exc, opts.output_path if opts else None):
+            log.debug("cannot write", exc_info=True)
+            return _fail(_output_error(exc), OutputError.exit_code)
         if type(exc).__name__ == "OutOfMemoryError":  # torch.OutOfMemoryError (GPU)
             log.debug("out of GPU memory", exc_info=True)
             first = str(exc).splitlines()[0] if str(exc) else "CUDA out of memory"

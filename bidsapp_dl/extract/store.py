@@ -88,8 +88,12 @@ def is_up_to_date(tensor: Path, sidecar: Path, source_sha256: str, params: dict)
 
 
 def write_tensor(path: Path, array: np.ndarray) -> None:
+    """The bytes ``np.save`` writes, but written by Python: a full disk then raises an OSError
+    that says so (``ndarray.tofile``, which ``np.save`` uses, drops the reason)."""
+    array = np.ascontiguousarray(array)
     with atomic_path(path) as tmp, open(tmp, "wb") as fh:
-        np.save(fh, np.ascontiguousarray(array), allow_pickle=False)
+        np.lib.format.write_array_header_1_0(fh, np.lib.format.header_data_from_array_1_0(array))
+        fh.write(memoryview(array.reshape(-1)).cast("B"))
         fh.flush()
         os.fsync(fh.fileno())
 

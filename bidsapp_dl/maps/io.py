@@ -6,9 +6,11 @@ A run that dies leaves either the old file or the new one, never half of one.
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import hashlib
 import json
+import logging
 import os
 import tempfile
 from collections.abc import Iterator
@@ -18,17 +20,26 @@ from typing import Any
 from ..errors import OutputError
 
 
+def _cannot_write(path: Path, exc: OSError) -> OutputError:
+    if exc.errno == errno.ENAMETOOLONG:
+        return OutputError(f"cannot write {path}: its name is {len(path.name)} characters long, more "
+                           "than the file system allows (usually 255); shorten the input file's "
+                           "name (its entity labels, e.g. acq-) or the name given on the command line")
+    return OutputError(f"cannot write {path} ({exc.strerror}); check free space and permissions "
+                       "of the output folder")
+
+
 @contextlib.contextmanager
 def atomic_path(path: Path | str) -> Iterator[Path]:
     """Yield a temporary path beside ``path``; rename it onto ``path`` if the block succeeds."""
     path = Path(path)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        # the temporary name is kept short: a name that fits must not fail for its .tmp twin
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name[:200]}.", suffix=".tmp", dir=path.parent)
         os.close(fd)
     except OSError as exc:
-        raise OutputError(f"cannot write {path} ({exc.strerror}); check free space and "
-                          "permissions of the output folder") from exc
+        raise _cannot_write(path, exc) from exc
     tmp_path = Path(tmp)
     try:
         yield tmp_path
@@ -36,8 +47,7 @@ def atomic_path(path: Path | str) -> Iterator[Path]:
         os.replace(tmp_path, path)
     except OSError as exc:
         tmp_path.unlink(missing_ok=True)
-        raise OutputError(f"cannot write {path} ({exc.strerror}); check free space and "
-                          "permissions of the output folder") from exc
+        raise _cannot_write(path, exc) from exc
     except BaseException:
         tmp_path.unlink(missing_ok=True)
         raise
@@ -94,12 +104,12 @@ def sha256_file(path: Path | str, chunk: int = 1 << 20) -> str:
 
 
 @contextlib.contextmanager
-def folder_lock(folder: Path) -> Iterator[None]:
+def folder_lock(folder: Path, waiting: str | None = None) -> Iterator[None]:
     """An exclusive lock on ``folder`` for read-modify-write of shared files.
 
     Many participant jobs write the same dataset_description.json and .bidsignore at once.
     Where the file system has no working ``flock`` (some network mounts), the atomic renames
-    still guarantee whole files.
+    still guarantee whole files. ``waiting`` is logged when another process holds the lock.
     """
     lock = folder / ".neurodl.lock"
     try:
@@ -108,8 +118,15 @@ def folder_lock(folder: Path) -> Iterator[None]:
         raise OutputError(f"cannot write in {folder} ({exc.strerror}); check that it is "
                           "writable") from exc
     try:
-        with contextlib.suppress(OSError):
-            fcntl.flock(fd, fcntl.LOCK_EX)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            if waiting:
+                logging.getLogger("bidsapp_dl").info("%s", waiting)
+            with contextlib.suppress(OSError):
+                fcntl.flock(fd, fcntl.LOCK_EX)
+        except OSError:
+            pass  # no flock here: the atomic renames still hold
         yield
     finally:
         os.close(fd)

@@ -13,6 +13,8 @@ from pathlib import Path
 from ..errors import UsageError
 
 SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]*$")
+# room left in a file name (255 bytes) for what is added to a name: suffixes, temporary names
+MAX_NAME_LENGTH = 100
 TRAINING_GROUPS = ("train", "validation")
 
 
@@ -21,6 +23,9 @@ def safe_name(value: str, what: str) -> str:
     if not SAFE_NAME.match(value) or ".." in value:
         raise UsageError(f"{what} '{value}' cannot name a folder: use letters, digits, '.', '_', "
                          "'+' and '-' only")
+    if len(value) > MAX_NAME_LENGTH:
+        raise UsageError(f"{what} '{value[:20]}...' is {len(value)} characters long: use at most "
+                         f"{MAX_NAME_LENGTH}")
     return value
 
 
@@ -46,6 +51,11 @@ class MapsLayout:
     @property
     def summary_tsv(self) -> Path:
         return self.root / "summary.tsv"
+
+    @property
+    def report_html(self) -> Path:
+        """The visual report of the whole MAPS (rewritten at the end of every group-level run)."""
+        return self.root / "report.html"
 
     def exists(self) -> bool:
         return self.maps_json.is_file()

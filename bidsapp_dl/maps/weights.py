@@ -6,11 +6,13 @@ would import or call anything; such a file is reported as bad data, not as a cra
 
 from __future__ import annotations
 
+import os
 import pickle
 from pathlib import Path
 from typing import Any
 
 from ..errors import DataError, InputMissingError
+from .io import atomic_path
 
 
 def load_weights(path: Path, device: Any = "cpu") -> Any:
@@ -26,3 +28,21 @@ def load_weights(path: Path, device: Any = "cpu") -> Any:
         raise DataError(f"{path} is not a weights-only model file and is refused: loading it "
                         f"could run code ({reason}); use models trained by neurodl, or re-save "
                         "the weights alone with torch.save(model.state_dict())") from exc
+
+
+def save_weights(obj: Any, path: Path) -> None:
+    """Write ``obj`` with ``torch.save``, atomically.
+
+    torch's own file writer turns a full disk into an obscure RuntimeError: serialise in memory,
+    so that the write itself raises OSError and becomes an output error (exit 73).
+    """
+    import io
+
+    import torch
+
+    buffer = io.BytesIO()
+    torch.save(obj, buffer)
+    with atomic_path(path) as tmp, open(tmp, "wb") as fh:
+        fh.write(buffer.getbuffer())
+        fh.flush()
+        os.fsync(fh.fileno())

@@ -198,9 +198,12 @@ def run_split(opts: Options, command: list[str], search: dict | None = None) -> 
     """Label, find duplicates, split, and write the MAPS; returns its layout."""
     layout = MapsLayout.under(opts.output_path, opts.maps_name)
     if layout.root.exists() and not opts.overwrite:
+        if opts.resume and layout.exists():  # a run killed after its split stage, run again
+            log.info("MAPS %s already split: kept (--resume)", layout.root)
+            return layout
         raise UsageError(f"the MAPS {layout.root} already exists; choose another --maps-name, "
-                         "run later stages with --stages train evaluate, or replace it with "
-                         "--overwrite")
+                         "run later stages with --stages train evaluate, continue an interrupted "
+                         "run with --resume, or replace it with --overwrite")
     catalog = read_catalog(opts.output_path, opts.participant_label, opts.session_label)
     if opts.mode == "roi" and opts.roi_mask and catalog["affine"].nunique() > 1:
         raise DataError(

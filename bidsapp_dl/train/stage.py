@@ -8,6 +8,8 @@ import os
 import torch
 
 from ..errors import DataError
+from ..maps.io import folder_lock
+from . import distributed
 from .experiment import check_selection_metrics, load_experiment
 from .trainer import train_split
 
@@ -28,7 +30,14 @@ def run_train(opts) -> None:
         _check_transfer(exp)
     for split in exp.splits():
         log.info("training split %d of %s", split, exp.layout.root)
-        train_split(exp, split)
+        if distributed.world()[1] > 1:  # the ranks of one job train the split together
+            train_split(exp, split)
+            continue
+        # jobs training the same split take turns: the second resumes where the first ended
+        folder = exp.layout.split_dir(split)
+        folder.mkdir(parents=True, exist_ok=True)
+        with folder_lock(folder, f"split {split}: another job is training it; waiting for it"):
+            train_split(exp, split)
 
 
 def _check_transfer(exp) -> None:

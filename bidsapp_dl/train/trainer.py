@@ -22,8 +22,8 @@ import torch
 from ..data import make_loader
 from ..errors import DeviceError, UsageError
 from ..evaluate.metrics import metric_direction
-from ..maps.io import atomic_path, write_json
-from ..maps.weights import load_weights
+from ..maps.io import write_json
+from ..maps.weights import load_weights, save_weights
 from ..seeds import derive, seed_everything
 from . import distributed
 from .experiment import Experiment
@@ -94,8 +94,7 @@ def _save_checkpoint(path, model, optimizer, scheduler, scaler, state: State) ->
         "rng": {"torch": torch.get_rng_state(), "python": list(random.getstate()[1]),
                 "numpy": np.random.get_state()[1].tolist()},
     }
-    with atomic_path(path) as tmp:
-        torch.save(payload, tmp)
+    save_weights(payload, path)
 
 
 def _load_checkpoint(path, model, optimizer, scheduler, scaler) -> State:
@@ -202,8 +201,8 @@ def train_split(exp: Experiment, split: int) -> State:
                 if _improved(metric, value, state.best.get(metric)):
                     state.best[metric] = value
                     if main:
-                        with atomic_path(layout.model(split, metric)) as tmp:
-                            torch.save(distributed.unwrap(model).state_dict(), tmp)
+                        save_weights(distributed.unwrap(model).state_dict(),
+                                     layout.model(split, metric))
                         write_json(layout.selection_json(split, metric),
                                    {"metric": metric, "epoch": epoch, "value": value})
             if val.loss < state.best_loss - opts.tolerance:
