@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 
 from .cli.options import Options
 from .errors import UsageError
 
 log = logging.getLogger(__name__)
 
-AVAILABLE = ("split", "train", "evaluate", "predict", "interpret", "search-summary")
+AVAILABLE = ("split", "train", "evaluate", "predict", "interpret", "report", "search-summary")
 
 
 def run_group(opts: Options, command: list[str]) -> None:
@@ -40,7 +41,43 @@ def run_group(opts: Options, command: list[str]) -> None:
         distributed.stop(clean=False)
         raise
     distributed.stop()
+    if "report" not in opts.stages and distributed.is_main():
+        _report_quietly(opts, command)
     log.info("MAPS: %s", opts.maps or opts.output_path / "maps" / opts.maps_name)
+
+
+def _layout(opts: Options):
+    from .maps.layout import MapsLayout
+
+    return (MapsLayout(Path(opts.maps).expanduser().absolute()) if opts.maps
+            else MapsLayout.under(opts.output_path, opts.maps_name))
+
+
+def _report(opts: Options, command: list[str]) -> None:
+    """``--stages report``: write maps/<NAME>/report.html; a failure fails the run."""
+    from .errors import InputMissingError
+    from .report.maps_report import write_maps_report
+
+    layout = _layout(opts)
+    if not layout.exists():
+        raise InputMissingError(f"no MAPS at {layout.root} to report on: run --stages split "
+                                "first (or check --maps-name / --maps)")
+    write_maps_report(layout, command)
+
+
+def _report_quietly(opts: Options, command: list[str]) -> None:
+    """The report at the end of a successful run: a failure to draw it only warns."""
+    layout = _layout(opts)
+    if not layout.exists():  # e.g. a search summary, which has no MAPS of its own
+        return
+    from .report.maps_report import write_maps_report
+
+    try:
+        write_maps_report(layout, command)
+    except Exception as exc:  # the stages succeeded: their results stand without the report
+        log.debug("report failed", exc_info=True)
+        log.warning("could not write %s (%s: %s); the results are complete; retry with "
+                    "--stages report", layout.report_html, type(exc).__name__, exc)
 
 
 def _run_stages(opts: Options, command: list[str], search: dict | None) -> None:
@@ -72,6 +109,8 @@ def _run_stages(opts: Options, command: list[str], search: dict | None) -> None:
             from .evaluate.explain import interpret_group
 
             interpret_group(opts)
+        elif stage == "report":
+            _report(opts, command)
         elif stage == "search-summary":
             from .search.stage import run_search_summary
 

@@ -71,11 +71,14 @@ run /data /out group --task classification --maps-name ci --n-splits 2 --test-si
 
 echo "== checks"
 test "$(find "$WORK/out" -name '*_desc-tensor_T1w.npy' | wc -l)" -eq 8
-for f in maps.json environment.json summary.tsv groups/test/data.tsv \
+for f in maps.json environment.json summary.tsv groups/test/data.tsv report.html \
          split-0/best-loss/model.pt split-1/best-loss/test/test_image_level_metrics.tsv; do
     test -s "$WORK/out/maps/ci/$f" || { echo "missing maps/ci/$f"; exit 1; }
 done
 grep -q '"container"' "$WORK/out/maps/ci/environment.json"
+test "$(find "$WORK/out/qc" -name '*_desc-tensor_T1w.png' | wc -l)" -eq 8
+grep -q 'Learning curves' "$WORK/out/maps/ci/report.html"
+grep -q 'sub-08_desc-tensor_T1w.png' "$WORK/out/qc.html"
 "$VENV/bin/bids-validator-deno" "$WORK/out" --format json > "$WORK/validation.json" || true
 "$VENV/bin/python" - "$WORK/validation.json" <<'PY'
 import json, sys

@@ -8,6 +8,7 @@ redone. A bad image fails the run (exit 65) after the others are done, or is ski
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 import time
@@ -20,8 +21,9 @@ import numpy as np
 from ..bids import index
 from ..bids.validate import validate
 from ..cli.options import Options
-from ..errors import BadImageError
-from ..maps.io import read_json, sha256_file, write_json, write_text
+from ..errors import BadImageError, OutputError
+from ..maps.io import folder_lock, read_json, sha256_file, write_json, write_text
+from ..report import qc
 from . import store
 from .preprocess import PreprocessingParams, load_image, preprocess, resample_labels
 
@@ -47,14 +49,31 @@ def params_from(opts: Options) -> PreprocessingParams:
 
 def extract_one(record: index.ImageRecord, output_dir: Path, params: PreprocessingParams,
                 overwrite: bool = False) -> Outcome:
-    """Extract one image (and its segmentation) unless up to date; bad images come back ``bad``."""
+    """Extract one image (and its segmentation) unless up to date; bad images come back ``bad``.
+
+    Jobs that share OUTPUT_DIR take turns per image folder: the second finds the image up to
+    date, and a tensor never ends up beside the sidecar of another job's tensor.
+    """
+    folder = store.tensor_paths(output_dir, record)[0].parent
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise OutputError(f"cannot create {folder} ({exc.strerror}); check free space and "
+                          "permissions of OUTPUT_DIR") from exc
+    with folder_lock(folder):
+        return _extract_one(record, output_dir, params, overwrite)
+
+
+def _extract_one(record: index.ImageRecord, output_dir: Path, params: PreprocessingParams,
+                 overwrite: bool) -> Outcome:
     start = time.perf_counter()
     tensor, sidecar = store.tensor_paths(output_dir, record)
     source = str(record.path)
     if record.dseg_problem:
         return Outcome(source, "bad", record.dseg_problem)
     try:
-        source_sha = sha256_file(record.path)
+        raw = record.path.read_bytes()  # read once: hashed here, decoded below if needed
+        source_sha = hashlib.sha256(raw).hexdigest()
         dseg_sha = sha256_file(record.dseg.path) if record.dseg else None
     except OSError as exc:
         return Outcome(source, "bad", f"{exc.filename}: cannot read it ({exc.strerror})")
@@ -62,7 +81,7 @@ def extract_one(record: index.ImageRecord, output_dir: Path, params: Preprocessi
     wrote = False
     if overwrite or not store.is_up_to_date(tensor, sidecar, source_sha, wanted):
         try:
-            result = preprocess(load_image(record.path), params)
+            result = preprocess(load_image(record.path, raw), params)
         except BadImageError as exc:
             return Outcome(source, "bad", str(exc))
         # the tensor first, the sidecar last: a sidecar always describes a complete tensor
@@ -89,6 +108,7 @@ def extract_one(record: index.ImageRecord, output_dir: Path, params: Preprocessi
                                   time.perf_counter() - start)
             write_json(dseg_sidecar, dmeta)
             wrote = True
+    qc.write_mosaic(output_dir, tensor)  # unless up to date; a QC problem only warns
     if not wrote:
         return Outcome(source, "skipped", output=str(tensor))
     return Outcome(source, "extracted", seconds=time.perf_counter() - start, output=str(tensor))
@@ -157,6 +177,7 @@ def run_participant(opts: Options) -> list[Outcome]:
     counts = {s: sum(o.status == s for o in outcomes) for s in ("extracted", "skipped", "bad")}
     log.info("participant level done in %.1f s: %d extracted, %d up to date, %d bad",
              time.perf_counter() - start, counts["extracted"], counts["skipped"], counts["bad"])
+    qc.write_qc_page(output_dir)  # every image of OUTPUT_DIR, whichever job extracted it
     bad = [o for o in outcomes if o.status == "bad"]
     if bad:
         listing = _write_bad_list(output_dir, bad)

@@ -44,7 +44,9 @@ def split(neurodl, bids: Path, *args) -> tuple[int, str]:
 
 
 def maps_files(root: Path) -> dict[str, bytes]:
-    return {p.relative_to(root).as_posix(): p.read_bytes() for p in root.rglob("*") if p.is_file()}
+    """Every file of a MAPS but its report (which shows the command line and when it was written)."""
+    return {p.relative_to(root).as_posix(): p.read_bytes() for p in root.rglob("*")
+            if p.is_file() and p.name != "report.html"}
 
 
 def test_split_writes_a_leakage_proof_maps(bids, neurodl):
@@ -178,9 +180,10 @@ def test_label_errors_exit_65(bids, neurodl):
     assert code == 65 and "--n-splits" in err
 
 
-def test_group_level_stages_not_yet_available_say_so(bids, neurodl):
-    code, err = neurodl(bids, bids / "derivatives" / "neurodl", "group", "--stages", "report")
-    assert code == 64 and "not available" in err and "split, train, evaluate" in err
+def test_report_without_a_maps_says_so(bids, neurodl):
+    code, err = neurodl(bids, bids / "derivatives" / "neurodl", "group", "--stages", "report",
+                        "--maps-name", "nothing")
+    assert code == 66 and "no MAPS at" in err and "--stages split" in err
 
 
 @pytest.mark.slow

@@ -123,7 +123,8 @@ def test_rerun_skips_up_to_date_and_redoes_changed(bids, neurodl, dataset_templa
     assert code == 0 and "1 extracted" in err
     redone = [p for p in stamps if p.stat().st_mtime_ns != stamps[p]]
     assert sorted(p.name for p in redone) == ["sub-01_ses-M000_desc-tensor_T1w.json",
-                                              "sub-01_ses-M000_desc-tensor_T1w.npy"]
+                                              "sub-01_ses-M000_desc-tensor_T1w.npy",
+                                              "sub-01_ses-M000_desc-tensor_T1w.png"]  # its QC
     # new parameters: everything is redone
     code, err = neurodl(bids, out, "participant", "--voxel-size", "4", "--target-shape", "40",
                         "40", "40", "--participant-label", "01", "02")

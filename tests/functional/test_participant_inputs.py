@@ -204,6 +204,8 @@ def test_six_participant_jobs_at_once_on_one_output(tmp_path):
     assert len(ignore) == len(set(ignore))
     assert len(list((out / "logs").glob("participant-*.log"))) == 6
     assert not [p for p in out.rglob("*") if p.name.endswith(".tmp")]
+    # each job rebuilt the QC page under the folder lock: the last one lists every image
+    assert (out / "qc.html").read_text().count("data-tensor=") == 6
     assert validation_errors(out) == []
 
 
