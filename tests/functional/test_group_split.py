@@ -186,7 +186,6 @@ def test_report_without_a_maps_says_so(bids, neurodl):
     assert code == 66 and "no MAPS at" in err and "--stages split" in err
 
 
-@pytest.mark.slow
 def test_forty_participants_two_sessions_with_planted_duplicates(tmp_path):
     bids = tmp_path / "bids"
     generate_dataset(bids, kind="shepplogan", n_subjects=38, sessions=2, seed=21, voxel_size=8.0,

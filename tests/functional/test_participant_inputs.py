@@ -209,7 +209,6 @@ def test_six_participant_jobs_at_once_on_one_output(tmp_path):
     assert validation_errors(out) == []
 
 
-@pytest.mark.slow
 def test_twenty_participants_two_sessions(tmp_path):
     bids = tmp_path / "bids"
     generate_dataset(bids, kind="shepplogan", n_subjects=20, sessions=2, seed=11, voxel_size=3.0)
