@@ -248,9 +248,12 @@ def test_params_are_validated_and_json_ready():
             PreprocessingParams(**bad)
 
 
+VALID_AFFINE = np.diag([2.5, 2.5, 2.5, 1.0])  # 2.5 mm voxels: a small image, but head-sized
+
+
 def _valid_bytes(shape=(12, 14, 10, 1)) -> bytes:
     data = np.random.default_rng(2).random(shape).astype(np.float32)
-    return nib.Nifti1Image(data, np.eye(4)).to_bytes()
+    return nib.Nifti1Image(data, VALID_AFFINE).to_bytes()
 
 
 def _singular_sform_bytes() -> bytes:
@@ -302,7 +305,7 @@ def test_missing_file_is_input_missing(tmp_path):
 def test_misnamed_compression_nifti2_and_single_volume_4d_load(tmp_path):
     raw = _valid_bytes()
     expected = nib.Nifti1Image.from_bytes(raw).get_fdata()[..., 0]
-    nifti2 = nib.Nifti2Image(expected[..., None].astype(np.float32), np.eye(4)).to_bytes()
+    nifti2 = nib.Nifti2Image(expected[..., None].astype(np.float32), VALID_AFFINE).to_bytes()
     for name, content in (("gz_as.nii", gzip.compress(raw)), ("plain_as.nii.gz", raw),
                           ("two.nii", nifti2), ("two_gz_as.nii", gzip.compress(nifti2))):
         (tmp_path / name).write_bytes(content)
@@ -322,10 +325,19 @@ def test_data_is_read_inside_load_image(tmp_path):
 
 
 def test_constant_image_is_refused_by_name(tmp_path):
-    path = save(nib.Nifti1Image(np.full((10, 10, 10), 5.0, np.float32), np.eye(4)),
+    path = save(nib.Nifti1Image(np.full((10, 10, 10), 5.0, np.float32), np.diag([3.0, 3, 3, 1])),
                 tmp_path / "flat.nii")
     with pytest.raises(BadImageError, match="flat.nii.*constant"):
         preprocess(load_image(path))
+
+
+def test_an_image_smaller_than_a_head_is_refused_by_its_extent(tmp_path):
+    data = np.random.default_rng(3).random((40, 40, 5)).astype(np.float32)
+    path = save(nib.Nifti1Image(data, np.eye(4)), tmp_path / "slab.nii.gz")
+    with pytest.raises(BadImageError, match=r"slab.nii.gz: covers only 40 x 40 x 5 mm"):
+        load_image(path)
+    save(nib.Nifti1Image(data, np.diag([1.0, 1, 4, 1])), path)  # 20 mm thick: accepted
+    assert load_image(path).shape == (40, 40, 5)
 
 
 @pytest.mark.parametrize("layout", ["C", "F"])
