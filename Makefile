@@ -36,6 +36,7 @@ demo: venv
 
 # the tests marked slow (kill -9 at random moments, racing jobs, a full disk...) run apart
 test: venv
+	bash scripts/ensure-chromium.sh
 	$(VENV)/bin/pytest $(PYTEST_ARGS) -m "not slow"
 
 test-slow: venv

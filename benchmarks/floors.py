@@ -8,7 +8,6 @@ samples already in memory (cut from the stored tensors, or random). Each prints 
 from __future__ import annotations
 
 import argparse
-import ctypes
 import json
 import math
 import os
@@ -172,14 +171,13 @@ def steady_malloc() -> bool:
 
     With its dynamic thresholds, glibc may give freed memory back to the system and fault it
     in again at every step (millions of page faults, seconds of system time per epoch),
-    depending on the heap's history. A floor is the least work: it never pays for that.
+    depending on the heap's history. A floor is the least work: it never pays for that. The
+    thresholds are the ones neurodl itself sets (``bidsapp_dl.memory``), so that both sides
+    allocate alike.
     """
-    try:
-        libc = ctypes.CDLL(None)
-        # M_TRIM_THRESHOLD (-1): keep up to 256 MiB free; M_MMAP_THRESHOLD (-3): heap below 32 MiB
-        return bool(libc.mallopt(-1, 256 << 20) and libc.mallopt(-3, 32 << 20))
-    except (OSError, AttributeError):  # not glibc
-        return False
+    from bidsapp_dl.memory import keep_freed_memory
+
+    return keep_freed_memory()
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -22,6 +22,9 @@ def run_group(opts: Options, command: list[str]) -> None:
     if missing:
         raise UsageError(f"stage(s) {', '.join(missing)} not available in this version of "
                          f"neurodl; available: {', '.join(AVAILABLE)} (e.g. --stages split)")
+    from .memory import keep_freed_memory
+
+    keep_freed_memory()  # every stage loops over batches of the same size
     if opts.device != "cpu" and set(opts.stages) & {"train", "evaluate", "predict", "interpret"}:
         from .train.trainer import device_of
 

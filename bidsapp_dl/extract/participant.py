@@ -23,6 +23,7 @@ from ..bids.validate import validate
 from ..cli.options import Options
 from ..errors import BadImageError, OutputError
 from ..maps.io import folder_lock, read_json, sha256_file, write_json, write_text
+from ..memory import keep_freed_memory
 from ..report import qc
 from . import store
 from .preprocess import PreprocessingParams, load_image, preprocess, resample_labels
@@ -147,25 +148,6 @@ def _worker_setup() -> None:
     for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
         os.environ[var] = "1"
     keep_freed_memory()
-
-
-def keep_freed_memory() -> bool:
-    """Let glibc keep freed arrays for the next image instead of handing them back.
-
-    Every image allocates and frees the same few 20-30 MB arrays. By default glibc maps each
-    one afresh and unmaps it when freed, so the kernel zeroes and faults in ~6,000 pages per
-    array, every time: a third of the resampling's time. With these thresholds the process
-    reuses its peak (about 150 MB) instead. Returns False where malloc is not glibc's.
-    """
-    import ctypes
-
-    try:
-        libc = ctypes.CDLL("libc.so.6")
-        m_trim_threshold, m_mmap_threshold = -1, -3
-        return bool(libc.mallopt(m_trim_threshold, 512 << 20)
-                    and libc.mallopt(m_mmap_threshold, 256 << 20))
-    except (OSError, AttributeError):
-        return False
 
 
 def _write_bad_list(output_dir: Path, bad: list[Outcome]) -> Path:
