@@ -137,3 +137,27 @@ def test_entry_points_print_the_version(command):
 
     run = subprocess.run([*command, "--version"], capture_output=True, text=True)
     assert run.returncode == 0 and run.stdout.strip() == f"neurodl {__version__}"
+
+
+class OutOfMemoryError(RuntimeError):
+    """Named as torch's (torch.OutOfMemoryError), which cli.main recognises by name."""
+
+
+@pytest.mark.parametrize("error, code, words", [
+    (MemoryError("Unable to allocate 3.2 GiB"), 1, ("out of memory", "--nprocs", "--num-workers")),
+    (OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB\nmore details"), 69,
+     ("out of GPU memory", "Tried to allocate 2.00 GiB", "--batch-size", "--amp", "--resume")),
+])
+def test_out_of_memory_ends_with_advice_not_a_traceback(dirs, monkeypatch, capsys, error, code, words):
+    import bidsapp_dl.extract.participant as participant
+
+    def exhausted(opts):
+        raise error
+
+    monkeypatch.setattr(participant, "run_participant", exhausted)
+    bids, out = dirs
+    assert main([str(bids), str(out), "participant"]) == code
+    err = capsys.readouterr().err
+    last = err.strip().splitlines()[-1]
+    assert last.startswith("neurodl: error: ") and "Traceback" not in err and "unexpected" not in err
+    assert all(w in last for w in words), last
