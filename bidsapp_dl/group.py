@@ -25,6 +25,10 @@ def run_group(opts: Options, command: list[str]) -> None:
     from .memory import keep_freed_memory
 
     keep_freed_memory()  # every stage loops over batches of the same size
+    if (opts.output_path / "maps").is_dir():
+        from .maps.io import remove_stale_temporaries
+
+        remove_stale_temporaries(opts.output_path / "maps")
     if opts.device != "cpu" and set(opts.stages) & {"train", "evaluate", "predict", "interpret"}:
         from .train.trainer import device_of
 

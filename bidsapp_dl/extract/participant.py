@@ -22,7 +22,14 @@ from ..bids import index
 from ..bids.validate import validate
 from ..cli.options import Options
 from ..errors import BadImageError, OutputError
-from ..maps.io import folder_lock, read_json, sha256_file, write_json, write_text
+from ..maps.io import (
+    folder_lock,
+    read_json,
+    remove_stale_temporaries,
+    sha256_file,
+    write_json,
+    write_text,
+)
 from ..memory import keep_freed_memory
 from ..report import qc
 from . import store
@@ -172,6 +179,8 @@ def run_participant(opts: Options) -> list[Outcome]:
     db_dir = Path(opts.bids_database_dir).absolute() if opts.bids_database_dir else None
     records = index.select_images(bids_dir, participants, opts.session_label, queries,
                                   derivatives, opts.space, opts.desc, db_dir, opts.with_dseg)
+    if output_dir.is_dir():
+        remove_stale_temporaries(output_dir)
     log.info("%d image(s) selected for %d participant(s)", len(records), len(participants))
     store.prepare_output(output_dir, bids_dir, derivatives)
     params = params_from(opts)

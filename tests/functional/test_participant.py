@@ -195,3 +195,27 @@ def test_output_that_cannot_be_created_exit_73(bids, tmp_path, neurodl):
     blocker.write_text("not a folder")
     code, err = neurodl(bids, blocker / "out", "participant")
     assert code == 73 and "OUTPUT_DIR" in err
+
+
+def test_leftovers_of_killed_runs_are_removed_once_stale(bids, neurodl):
+    """Hidden temporaries older than any run are removed on the next run; fresh ones (another
+    job may be writing them) and everything else stay."""
+    import os
+    import time
+
+    out = bids / "derivatives" / "neurodl"
+    assert neurodl(bids, out, "participant", *SMALL, "--participant-label", "01")[0] == 0
+    anat = next(out.rglob("sub-01_*_desc-tensor_T1w.npy")).parent
+    stale = anat / ".sub-01_ses-M000_desc-tensor_T1w.npy.k2j4x.tmp"
+    fresh = anat / ".sub-01_ses-M000_desc-tensor_T1w.json.a8c1q.tmp"
+    half_maps = out / "maps" / ".adcn.x7x7x7"
+    for path in (stale, fresh):
+        path.write_bytes(b"\x93NUMPY half")
+    (half_maps / "groups").mkdir(parents=True)
+    old = time.time() - 3 * 3600
+    for path in (stale, half_maps):
+        os.utime(path, (old, old))
+    code, err = neurodl(bids, out, "participant", *SMALL, "--participant-label", "01")
+    assert code == 0 and "removed 2 temporary file(s) or folder(s)" in err
+    assert not stale.exists() and not half_maps.exists() and fresh.exists()
+    assert next(out.rglob("sub-01_*_desc-tensor_T1w.npy")).is_file()
