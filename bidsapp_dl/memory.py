@@ -10,14 +10,17 @@ def keep_freed_memory() -> bool:
     MB again and again. By default glibc maps each one afresh and unmaps it when freed, so the
     kernel zeroes and faults in thousands of pages every time: a third of the resampling's time,
     and seconds of system time per epoch. With these thresholds a process reuses its peak
-    instead (the memory it holds stays at that peak). Returns False where malloc is not glibc's.
+    instead (the memory it holds stays at that peak). One arena for all threads: a thread's own
+    arena cannot hold a 200 MB batch, which would be mapped afresh every time again. Returns
+    False where malloc is not glibc's.
     """
     import ctypes
 
     try:
         libc = ctypes.CDLL("libc.so.6")
-        m_trim_threshold, m_mmap_threshold = -1, -3
+        m_trim_threshold, m_mmap_threshold, m_arena_max = -1, -3, -8
         return bool(libc.mallopt(m_trim_threshold, 512 << 20)
-                    and libc.mallopt(m_mmap_threshold, 256 << 20))
+                    and libc.mallopt(m_mmap_threshold, 256 << 20)
+                    and libc.mallopt(m_arena_max, 1))
     except (OSError, AttributeError):
         return False

@@ -234,8 +234,10 @@ class Options:
     deterministic: bool = field(default=False, metadata=_opt(
         "deterministic algorithms only (slower on GPUs; the CPU is deterministic anyway)",
         "training"))
-    num_workers: int = field(default=0, metadata=_opt("data loader worker processes", "training",
-                                                      metavar="N"))
+    num_workers: int = field(default=0, metadata=_opt(
+        "data loader workers, reading batches ahead of the network: threads for samples of 4 MB "
+        "or more (whole images), processes for smaller ones (0: in the main process)", "training",
+        metavar="N"))
     compile: bool = field(default=False, metadata=_opt(
         "torch.compile the network (faster on GPUs once compiled; needs a C++ compiler)",
         "training"))

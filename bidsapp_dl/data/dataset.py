@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import resource
+import threading
 from collections import OrderedDict
 from collections.abc import Mapping
 from pathlib import Path, PurePath
@@ -129,6 +130,7 @@ class TensorDataset(torch.utils.data.Dataset):
         self._starts = self._ends - counts
         self.label_code, self._labels = self._encode_labels(table, label_code)
         self._volumes: OrderedDict[int, np.ndarray] = OrderedDict()
+        self._lock = threading.Lock()  # the maps are shared by the loader's threads
         self._pid = os.getpid()
         largest = max(int(np.prod(shape)) * dtype.itemsize
                       for shape, dtype in zip(self.shapes, self.dtypes))
@@ -192,9 +194,14 @@ class TensorDataset(torch.utils.data.Dataset):
     # receiving a copy of every mapped volume
     def __getstate__(self) -> dict[str, Any]:
         state = self.__dict__.copy()
+        del state["_lock"]
         if not self.cache:
             state["_volumes"] = OrderedDict()
         return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        self._lock = threading.Lock()
 
     # index mapping -----------------------------------------------------------------------------
     def __len__(self) -> int:
@@ -249,22 +256,24 @@ class TensorDataset(torch.utils.data.Dataset):
     # reading -----------------------------------------------------------------------------------
     def volume(self, k: int) -> np.ndarray:
         """Volume of image ``k``: a read-only memory map (or the cached array)."""
-        if self._pid != os.getpid():  # a forked worker: its maps are its own
+        if self._pid != os.getpid():  # a forked worker: its maps, and its lock, are its own
+            self._lock = threading.Lock()
             self._pid = os.getpid()
             if not self.cache:
                 self._volumes = OrderedDict()
-        volume = self._volumes.get(k)
-        if volume is None:
-            try:
-                volume = np.load(self.paths[k], mmap_mode="r", allow_pickle=False)
-            except FileNotFoundError:
-                raise InputMissingError(f"tensor {self.paths[k]} disappeared") from None
-            if len(self._volumes) >= self._max_open:
-                self._volumes.popitem(last=False)
-            self._volumes[k] = volume
-        elif len(self._volumes) > 1 and not self.cache:
-            self._volumes.move_to_end(k)
-        return volume
+        with self._lock:
+            volume = self._volumes.get(k)
+            if volume is None:
+                try:
+                    volume = np.load(self.paths[k], mmap_mode="r", allow_pickle=False)
+                except FileNotFoundError:
+                    raise InputMissingError(f"tensor {self.paths[k]} disappeared") from None
+                if len(self._volumes) >= self._max_open:
+                    self._volumes.popitem(last=False)
+                self._volumes[k] = volume
+            elif len(self._volumes) > 1 and not self.cache:
+                self._volumes.move_to_end(k)
+            return volume
 
     def __getitem__(self, key) -> dict[str, Any]:
         seed = None

@@ -31,6 +31,12 @@ from torch.utils.data import DataLoader, Sampler
 from bidsapp_dl.errors import UsageError
 
 SAMPLERS = ("random", "weighted")
+# Samples this large (a 1 mm image is 25 MB) are read by threads of the training process, not
+# by worker processes: a worker hands each batch over through a fresh shared-memory segment,
+# whose pages are faulted in on both sides, which made loading several times slower than the
+# copy from the page cache itself. Small samples (patches, slices) keep worker processes,
+# where Python's per-sample work runs in parallel.
+THREADS_FROM_BYTES = 4 << 20
 _ORDER, _AUGMENT, _WORKERS = 0, 1, 2  # independent random streams of one epoch
 
 
@@ -116,7 +122,8 @@ def make_loader(dataset, batch_size: int, *, train: bool, sampler: str = "random
     equally likely, with replacement, ``len(dataset)`` draws) and augments them when the
     dataset has an ``augment``. ``train=False`` goes through the samples in order and refuses a
     dataset that augments. With workers, they are persistent: reuse the loader across epochs
-    with ``loader.sampler.set_epoch(e)``.
+    with ``loader.sampler.set_epoch(e)``. Workers are processes for small samples and threads
+    (a :class:`ThreadLoader`, same batches) for samples of ``THREADS_FROM_BYTES`` or more.
     """
     if int(batch_size) < 1:
         raise UsageError(f"batch_size must be at least 1, found {batch_size}")
@@ -145,9 +152,89 @@ def make_loader(dataset, batch_size: int, *, train: bool, sampler: str = "random
         raise UsageError(f"unknown sampler {sampler!r}: choose one of {list(SAMPLERS)}{hint}")
     order = EpochSampler(len(dataset), kind, weights=weights, seed=seed, epoch=epoch,
                          with_seeds=train and augments)
+    if int(num_workers) > 0 and _sample_bytes(dataset) >= THREADS_FROM_BYTES:
+        return ThreadLoader(dataset, int(batch_size), order, int(num_workers), pin_memory,
+                            drop_last)
     return DataLoader(
         dataset, batch_size=int(batch_size), sampler=order, num_workers=int(num_workers),
         pin_memory=pin_memory, drop_last=drop_last, worker_init_fn=seed_worker,
         generator=epoch_generator(seed, epoch, _WORKERS),
         persistent_workers=int(num_workers) > 0,
     )
+
+
+def _sample_bytes(dataset) -> int:
+    shape = getattr(dataset, "sample_shape", None)
+    return int(np.prod(shape)) * 4 if shape else 0
+
+
+def _pinned(batch):
+    if isinstance(batch, torch.Tensor):
+        return batch.pin_memory()
+    if isinstance(batch, dict):
+        return {key: _pinned(value) for key, value in batch.items()}
+    if isinstance(batch, (list, tuple)):
+        return type(batch)(_pinned(value) for value in batch)
+    return batch
+
+
+class ThreadLoader:
+    """Batches of large samples, built ahead by ``num_workers`` threads of this process.
+
+    Iterates like a DataLoader over the same sampler (``loader.sampler.set_epoch(e)``) and
+    gives the same batches in the same order: each batch is made of ``dataset[key]`` for its
+    keys, collated as a DataLoader does, and pinned when asked. Reading a sample is a copy out
+    of a memory map (numpy and torch release the GIL), so threads read in parallel without
+    the hand-over costs of worker processes; ``2 * num_workers`` batches are kept in flight.
+    """
+
+    def __init__(self, dataset, batch_size: int, sampler, num_workers: int,
+                 pin_memory: bool = False, drop_last: bool = False) -> None:
+        self.dataset, self.batch_size, self.sampler = dataset, batch_size, sampler
+        self.num_workers, self.pin_memory, self.drop_last = num_workers, pin_memory, drop_last
+        self.worker_init_fn, self.generator = None, None  # as read by distributed.shard_loader
+        self._pool = None
+
+    def __len__(self) -> int:
+        n = len(self.sampler)
+        return n // self.batch_size if self.drop_last else -(-n // self.batch_size)
+
+    def _batches(self) -> Iterator[list]:
+        keys = []
+        for key in self.sampler:
+            keys.append(key)
+            if len(keys) == self.batch_size:
+                yield keys
+                keys = []
+        if keys and not self.drop_last:
+            yield keys
+
+    def _make(self, keys: list):
+        from torch.utils.data import default_collate
+
+        batch = default_collate([self.dataset[key] for key in keys])
+        return _pinned(batch) if self.pin_memory else batch
+
+    def __iter__(self):
+        from collections import deque
+        from concurrent.futures import ThreadPoolExecutor
+
+        if self._pool is None:  # the threads persist across epochs, like persistent workers
+            self._pool = ThreadPoolExecutor(self.num_workers, thread_name_prefix="neurodl-loader")
+        batches = self._batches()
+        pending = deque(self._pool.submit(self._make, keys)
+                        for keys, _ in zip(batches, range(2 * self.num_workers)))
+        try:
+            while pending:
+                batch = pending.popleft().result()
+                keys = next(batches, None)
+                if keys is not None:
+                    pending.append(self._pool.submit(self._make, keys))
+                yield batch
+        finally:
+            for future in pending:
+                future.cancel()
+
+    def __del__(self) -> None:
+        if self._pool is not None:
+            self._pool.shutdown(wait=False, cancel_futures=True)

@@ -87,6 +87,11 @@ def shard_loader(loader: DataLoader) -> DataLoader:
     """The same loader, over this rank's shard (unchanged with one process)."""
     if not active():
         return loader
+    from ..data.loader import ThreadLoader
+
+    if isinstance(loader, ThreadLoader):
+        return ThreadLoader(loader.dataset, loader.batch_size, Shard(loader.sampler),
+                            loader.num_workers, loader.pin_memory, loader.drop_last)
     return DataLoader(loader.dataset, batch_size=loader.batch_size, sampler=Shard(loader.sampler),
                       num_workers=loader.num_workers, pin_memory=loader.pin_memory,
                       drop_last=loader.drop_last, worker_init_fn=loader.worker_init_fn,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import pickle
 import random
 
@@ -445,3 +446,28 @@ def test_seed_worker_seeds_random_and_numpy_from_torch():
     random.seed(17)
     np.random.seed(17)
     assert got == (random.random(), np.random.rand())
+
+
+def test_large_samples_are_read_by_threads_giving_the_same_batches(small, monkeypatch):
+    """A ThreadLoader (chosen for large samples) gives the DataLoader's batches, augmentation
+    included, epoch after epoch, also when left in the middle of an epoch."""
+    import bidsapp_dl.data.loader as loader_module
+
+    expected = {e: batches(make_loader(small, 4, train=True, seed=5, epoch=e, num_workers=2))
+                for e in range(3)}
+    assert isinstance(make_loader(small, 4, train=True, num_workers=2), torch.utils.data.DataLoader)
+    monkeypatch.setattr(loader_module, "THREADS_FROM_BYTES", small[0]["image"].numel() * 4)
+    threaded = make_loader(small, 4, train=True, seed=5, num_workers=3)
+    assert isinstance(threaded, loader_module.ThreadLoader) and len(threaded) == 3
+    for epoch in (0, 1, 2):
+        threaded.sampler.set_epoch(epoch)
+        next(iter(threaded))  # an iteration given up after one batch changes nothing
+        assert same(batches(threaded), expected[epoch])
+    plain = copy.copy(small)  # pickled and restored: its own lock and maps
+    plain.augment = None
+    evaluation = make_loader(plain, 3, train=False, num_workers=2)
+    assert isinstance(evaluation, loader_module.ThreadLoader) and len(evaluation) == 4
+    got = list(evaluation)
+    assert torch.cat([b["image_index"] for b in got]).tolist() == list(range(10))
+    assert all(torch.equal(b["image"][j], plain[3 * i + j]["image"])
+               for i, b in enumerate(got) for j in range(len(b["image"])))
