@@ -10,7 +10,8 @@
 # Settings (environment): PY (.venv/bin/python), N_SUBJECTS (40), EPOCHS (8), BATCH (8),
 # WORKERS (6), RUN_TIMEOUT (110 s per run), DEVICE (cuda; cpu only to try the script),
 # CHECKS (1; 0 skips the checks), MODES ("image patch"), EXTRA (more training options, e.g.
-# --cache-data; TAG names the variant in gpu.tsv). Data already in OUT_DIR are reused.
+# --cache-data; TAG names the variant in gpu.tsv), AMPS ("no yes"). Data already in OUT_DIR
+# are reused.
 set -euo pipefail
 
 PY=${PY:-.venv/bin/python}
@@ -24,6 +25,7 @@ CHECKS=${CHECKS:-1}
 MODES=${MODES:-image patch}
 EXTRA=${EXTRA:-}
 TAG=${TAG:-}
+AMPS=${AMPS:-no yes}
 OUT=$(realpath -m "${1:-$(mktemp -d /tmp/neurodl-gpu-XXXXXX)}")
 BIDS=$OUT/bids
 DERIV=$BIDS/derivatives/neurodl
@@ -48,7 +50,7 @@ fi
 for mode in $MODES; do
     arch=Conv5_FC3
     [ "$mode" = patch ] && arch=Conv4_FC3
-    for amp in no yes; do
+    for amp in $AMPS; do
         name=$mode$TAG-amp-$amp
         flags=($EXTRA)
         [ "$amp" = yes ] && flags+=(--amp)
