@@ -29,7 +29,7 @@ import bench_data
 import bench_procs
 from bench_procs import PYTHON, REPO, RUN_PY, log_events, neurodl, when
 
-SECTIONS = ("participant", "training", "startup", "demo")
+SECTIONS = ("participant", "loader", "training", "startup", "demo")
 # the participant level's default grid (1 mm, 169 x 208 x 179): the tensor it writes per image
 DEFAULT_TARGET_SHAPE = (169, 208, 179)
 
@@ -41,6 +41,7 @@ class Plan:
     participant_images: int = 12
     participant_nprocs: tuple[int, ...] = (1, 2)
     participant_repeats: int = 2
+    loader_images: int = 8
     train_subjects: int = 40
     train_voxel: float = 2.0
     train_shape: tuple[int, int, int] = (64, 80, 64)
@@ -55,7 +56,7 @@ class Plan:
     demo: bool = True
 
 
-QUICK = Plan(participant_images=4, participant_repeats=1, train_subjects=10, train_voxel=4.0,
+QUICK = Plan(participant_images=4, participant_repeats=1, loader_images=4, train_subjects=10, train_voxel=4.0,
              train_shape=(32, 40, 32), train_epochs=3, patch_size=16, startup_base=10,
              startup_voxel=8.0, startup_shape=(16, 20, 16), demo=False)
 
@@ -155,6 +156,26 @@ def participant_level(ctx: Context) -> list[Row]:
                         "images/s", n / best["floor_read_write_s"],
                         extract / best["floor_read_write_s"]))
     return rows
+
+
+# 1b. loader ------------------------------------------------------------------------------------
+def loader(ctx: Context) -> list[Row]:
+    """Samples/s of the loader on 1 mm tensors (25 MB): in the process, 2 processes, 2 threads."""
+    plan, root = ctx.plan, ctx.work / "loader"
+    bench_data.generate(root / "bids", plan.loader_images, 1.2, kind="shepplogan", seed=3)
+    out = root / "out"
+    neurodl([root / "bids", out, "participant", "--nprocs", 2], "loader-participant", ctx.logs)
+    done = bench_procs.run([PYTHON, str(bench_procs.HERE / "bench_loader.py"), str(out),
+                            "--workers", "2"], "loader", ctx.logs)
+    result = json.loads(done.stdout.read_text().strip().splitlines()[-1])
+    ctx.details["loader"] = result
+    base = result["in-process"]
+    size = f"{result['sample_mb']:.0f} MB samples"
+    return [Row(f"loader, {size}, in the training process", base, "samples/s"),
+            Row(f"loader, {size}, 2 worker processes", result["processes"], "samples/s", base,
+                base / result["processes"]),
+            Row(f"loader, {size}, 2 worker threads (chosen)", result["threads"], "samples/s",
+                base, base / result["threads"])]
 
 
 # 2. training -----------------------------------------------------------------------------------
@@ -364,7 +385,7 @@ def main(argv: list[str] | None = None) -> int:
         shutil.rmtree(work)
     ctx = Context(plan, work, out / "logs")
     ctx.details["plan"] = {k: getattr(plan, k) for k in plan.__dataclass_fields__}
-    sections = {"participant": participant_level, "training": training,
+    sections = {"participant": participant_level, "loader": loader, "training": training,
                 "startup": startup_memory, "demo": end_to_end}
     # --quick leaves the demo out unless asked for by name
     only = args.only or [s for s in SECTIONS if plan.demo or s != "demo"]
