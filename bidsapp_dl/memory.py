@@ -24,3 +24,14 @@ def keep_freed_memory() -> bool:
                     and libc.mallopt(m_arena_max, 1))
     except (OSError, AttributeError):
         return False
+
+
+def release_freed_memory() -> bool:
+    """Give back to the system what is free now (glibc's ``malloc_trim``), e.g. the tables of
+    a stage that is over, before a loop whose own buffers :func:`keep_freed_memory` keeps."""
+    import ctypes
+
+    try:
+        return bool(ctypes.CDLL("libc.so.6").malloc_trim(0))
+    except (OSError, AttributeError):
+        return False

@@ -9,7 +9,7 @@ import torch
 
 from ..errors import DataError
 from ..maps.io import folder_lock
-from ..memory import keep_freed_memory
+from ..memory import keep_freed_memory, release_freed_memory
 from . import distributed
 from .experiment import check_selection_metrics, load_experiment
 from .trainer import train_split
@@ -21,6 +21,7 @@ def run_train(opts) -> None:
     exp = load_experiment(opts)
     check_selection_metrics(exp.opts)
     keep_freed_memory()  # the same activation buffers every step: no faulting them in again
+    release_freed_memory()  # but not what the stages before training left
     if exp.opts.deterministic:  # the call itself imports torch's compiler (~1 s): only if asked
         # cuBLAS needs a fixed workspace to be deterministic; set before CUDA starts
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
