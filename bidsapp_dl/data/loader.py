@@ -222,8 +222,9 @@ class ThreadLoader:
         if self._pool is None:  # the threads persist across epochs, like persistent workers
             self._pool = ThreadPoolExecutor(self.num_workers, thread_name_prefix="neurodl-loader")
         batches = self._batches()
+        # range first: zip stops on it without drawing one more batch from the sampler
         pending = deque(self._pool.submit(self._make, keys)
-                        for keys, _ in zip(batches, range(2 * self.num_workers)))
+                        for _, keys in zip(range(2 * self.num_workers), batches))
         try:
             while pending:
                 batch = pending.popleft().result()

@@ -457,12 +457,16 @@ def test_large_samples_are_read_by_threads_giving_the_same_batches(small, monkey
                 for e in range(3)}
     assert isinstance(make_loader(small, 4, train=True, num_workers=2), torch.utils.data.DataLoader)
     monkeypatch.setattr(loader_module, "THREADS_FROM_BYTES", small[0]["image"].numel() * 4)
-    threaded = make_loader(small, 4, train=True, seed=5, num_workers=3)
-    assert isinstance(threaded, loader_module.ThreadLoader) and len(threaded) == 3
-    for epoch in (0, 1, 2):
-        threaded.sampler.set_epoch(epoch)
-        next(iter(threaded))  # an iteration given up after one batch changes nothing
-        assert same(batches(threaded), expected[epoch])
+    for workers in (1, 3):  # fewer batches in flight than in an epoch, and more
+        threaded = make_loader(small, 4, train=True, seed=5, num_workers=workers)
+        assert isinstance(threaded, loader_module.ThreadLoader) and len(threaded) == 3
+        for epoch in (0, 1, 2):
+            threaded.sampler.set_epoch(epoch)
+            next(iter(threaded))  # an iteration given up after one batch changes nothing
+            assert same(batches(threaded), expected[epoch])
+    single = batches(make_loader(small, 1, train=True, seed=5, epoch=1, num_workers=2))
+    assert len(single) == 10 and same(single, batches(make_loader(small, 1, train=True, seed=5,
+                                                                 epoch=1)))
     plain = copy.copy(small)  # pickled and restored: its own lock and maps
     plain.augment = None
     evaluation = make_loader(plain, 3, train=False, num_workers=2)
