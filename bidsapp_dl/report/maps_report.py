@@ -97,10 +97,22 @@ def _command(ctx: Context) -> str:
         if record.get("command"):
             out += f"<h3>The command that added the data group '{html.esc(group)}'</h3>\n" + \
                 f"<pre>{html.esc(shlex.join(record['command']))}</pre>\n"
+    elsewhere = _participant_options()
     rows = [(k, json.dumps(v) if isinstance(v, (list, dict)) else v)
-            for k, v in ctx.options.items()]
+            for k, v in ctx.options.items() if k not in elsewhere]
     out += "<h3>Resolved options (maps.json, defaults included)</h3>\n" + html.key_values(rows, 3)
+    out += html.paragraph("The participant-level options (" + ", ".join(sorted(elsewhere)) + ") do "
+                          "not apply here: how the tensors were made is under Dataset and "
+                          "demographics (preprocessing).")
     return out
+
+
+def _participant_options() -> set[str]:
+    from dataclasses import fields
+
+    from ..cli.options import Options
+
+    return {f.name for f in fields(Options) if f.metadata.get("group") == "participant"}
 
 
 # --- data and demographics -----------------------------------------------------------------------

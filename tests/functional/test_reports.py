@@ -98,6 +98,10 @@ def test_maps_report_has_every_section_and_renders(outputs, tmp_path):
     sources = re.findall(r'<img src="([^"]*)"', page)
     assert sources and all(s.startswith("data:image/png;base64,") for s in sources)
     assert "neurodl" in section(page, "command") and "--selection-metrics loss BA" in page
+    # the participant level's defaults are not shown as if they had made these tensors
+    options = section(page, "command")
+    assert ">epochs</th>" in options and ">voxel_size</th>" not in options
+    assert "participant-level options (" in options and "voxel_size" in options
     assert "--config" in section(page, "provenance") and "master seed" in page
     assert "ok: nothing shared" in section(page, "checks")
     assert "no two images have identical content" in section(page, "checks")
