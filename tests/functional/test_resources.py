@@ -1,7 +1,7 @@
 """A full disk or a read-only OUTPUT_DIR: exit 73, one line that names the file, no partial files.
 
-The end-to-end cases mount a small tmpfs (root only: they are skipped elsewhere); the in-process
-cases inject the same errors into the writers and run everywhere.
+The end-to-end cases mount a small tmpfs (root only: skipped on a workstation without the rights,
+a failure in CI); the in-process cases inject the same errors into the writers and run everywhere.
 """
 
 from __future__ import annotations
@@ -26,7 +26,14 @@ def _mount(folder: Path, options: str) -> None:
     run = subprocess.run(["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(folder)],
                          capture_output=True, text=True)
     if run.returncode != 0:
-        pytest.skip(f"cannot mount a small file system here ({run.stderr.strip()})")
+        _unavailable(f"cannot mount a small file system here ({run.stderr.strip()})")
+
+
+def _unavailable(why: str) -> None:
+    """Skipped on a workstation without the rights; in CI (as root there) a failure instead."""
+    if os.environ.get("CI", "").lower() == "true":
+        pytest.fail(f"{why}: CI must run these tests (as root, with mount allowed)")
+    pytest.skip(why)
 
 
 @pytest.fixture
@@ -34,7 +41,7 @@ def small_fs(tmp_path):
     """``mount(size)`` gives a tmpfs of that size; ``remount(options)`` changes it."""
     mounted: list[Path] = []
     if os.geteuid() != 0:
-        pytest.skip("mounting a small file system needs root")
+        _unavailable("mounting a small file system needs root")
 
     class Fs:
         def mount(self, size: str) -> Path:
