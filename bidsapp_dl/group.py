@@ -28,7 +28,7 @@ def run_group(opts: Options, command: list[str]) -> None:
     if (opts.output_path / "maps").is_dir():
         from .maps.io import remove_stale_temporaries
 
-        remove_stale_temporaries(opts.output_path / "maps")
+        remove_stale_temporaries([opts.output_path / "maps"])
     if opts.device != "cpu" and set(opts.stages) & {"train", "evaluate", "predict", "interpret"}:
         from .train.trainer import device_of
 

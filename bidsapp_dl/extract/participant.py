@@ -179,8 +179,10 @@ def run_participant(opts: Options) -> list[Outcome]:
     db_dir = Path(opts.bids_database_dir).absolute() if opts.bids_database_dir else None
     records = index.select_images(bids_dir, participants, opts.session_label, queries,
                                   derivatives, opts.space, opts.desc, db_dir, opts.with_dseg)
-    if output_dir.is_dir():
-        remove_stale_temporaries(output_dir)
+    # this job's folders only: one job per participant must not walk the whole derivative
+    remove_stale_temporaries({output_dir, output_dir / "maps",
+                              *(store.tensor_paths(output_dir, r)[0].parent for r in records)},
+                             recursive=False)
     log.info("%d image(s) selected for %d participant(s)", len(records), len(participants))
     store.prepare_output(output_dir, bids_dir, derivatives)
     params = params_from(opts)

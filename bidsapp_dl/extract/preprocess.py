@@ -334,7 +334,8 @@ def _lerp_axis(work: np.ndarray, axis: int, coords: np.ndarray) -> tuple[np.ndar
 
 
 def _resample_axes(data: np.ndarray, matrix: np.ndarray, offset: np.ndarray,
-                   shape: tuple[int, int, int], cval: float) -> np.ndarray:
+                   shape: tuple[int, int, int], cval: float,
+                   perm: list[int] | None = None) -> np.ndarray:
     """Trilinear resampling for axis-aligned grids, one axis at a time.
 
     Trilinear weights are products of 1-D weights, so three 1-D passes give the interpolation
@@ -345,7 +346,8 @@ def _resample_axes(data: np.ndarray, matrix: np.ndarray, offset: np.ndarray,
     order (a NIfTI volume is Fortran-ordered), the volume is transposed to the output's order
     once, and the output's outermost axis goes last.
     """
-    perm = _axis_permutation(matrix)  # perm[c]: the input axis sampled along output axis c
+    if perm is None:  # perm[c]: the input axis sampled along output axis c
+        perm = _axis_permutation(matrix)
     flip = data.flags.f_contiguous and not data.flags.c_contiguous
     work = data.T if flip else np.ascontiguousarray(data)
     place = [2 - perm[c] if flip else perm[c] for c in range(3)]  # output axis c -> work axis
@@ -371,8 +373,9 @@ def _resample(data: np.ndarray, in_affine: np.ndarray, out_affine: np.ndarray,
     """Resampling of ``data`` onto the grid ``out_affine`` / ``shape`` (trilinear by default)."""
     mapping = np.linalg.solve(in_affine, out_affine)
     matrix, offset = mapping[:3, :3], mapping[:3, 3]
-    if order == 1 and _axis_permutation(matrix) is not None:
-        return _resample_axes(data, matrix, offset, shape, cval)
+    perm = _axis_permutation(matrix) if order == 1 else None
+    if perm is not None:
+        return _resample_axes(data, matrix, offset, shape, cval, perm)
     if np.all(np.abs(matrix - np.diag(np.diag(matrix))) < 1e-9):
         matrix = np.diag(matrix).copy()  # axis-aligned: scipy's faster zoom/shift path
     return ndimage.affine_transform(

@@ -13,7 +13,7 @@ import json
 import logging
 import os
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -135,31 +135,35 @@ def folder_lock(folder: Path, waiting: str | None = None) -> Iterator[None]:
 STALE_AFTER_S = 2 * 3600  # no temporary file lives that long: a run that was killed left it
 
 
-def remove_stale_temporaries(root: Path | str, older_than_s: float = STALE_AFTER_S) -> int:
-    """Remove what killed runs left under ``root``: hidden ``.*.tmp`` files of the atomic
-    writers, and hidden half-written MAPS folders (``maps/.NAME.*``), once they are older than
-    ``older_than_s``; the temporaries of runs still going are younger. Returns how many."""
+def remove_stale_temporaries(folders: Iterable[Path | str], recursive: bool = True,
+                             older_than_s: float = STALE_AFTER_S) -> int:
+    """Remove what killed runs left in ``folders`` (and below them when ``recursive``): hidden
+    ``.*.tmp`` files of the atomic writers, and hidden half-written MAPS folders
+    (``maps/.NAME.*``), once they are older than ``older_than_s``; the temporaries of runs still
+    going are younger. Returns how many."""
     import shutil
     import time
 
-    root, removed = Path(root), 0
-    limit = time.time() - older_than_s
-    for folder, dirs, files in os.walk(root):
-        here = Path(folder)
-        for name in files:
-            if name.startswith(".") and name.endswith(".tmp"):
-                with contextlib.suppress(OSError):
-                    if (here / name).lstat().st_mtime < limit:
-                        (here / name).unlink()
-                        removed += 1
-        if here.name == "maps":
-            for name in [d for d in dirs if d.startswith(".")]:
-                dirs.remove(name)
-                with contextlib.suppress(OSError):
-                    if (here / name).lstat().st_mtime < limit:
-                        shutil.rmtree(here / name)
-                        removed += 1
+    removed, limit = 0, time.time() - older_than_s
+    for top in folders:
+        for folder, dirs, files in os.walk(top):
+            here = Path(folder)
+            for name in files:
+                if name.startswith(".") and name.endswith(".tmp"):
+                    with contextlib.suppress(OSError):
+                        if (here / name).lstat().st_mtime < limit:
+                            (here / name).unlink()
+                            removed += 1
+            if here.name == "maps":
+                for name in [d for d in dirs if d.startswith(".")]:
+                    dirs.remove(name)
+                    with contextlib.suppress(OSError):
+                        if (here / name).lstat().st_mtime < limit:
+                            shutil.rmtree(here / name)
+                            removed += 1
+            if not recursive:
+                dirs.clear()
     if removed:
         logging.getLogger("bidsapp_dl").info("removed %d temporary file(s) or folder(s) left by "
-                                             "interrupted runs under %s", removed, root)
+                                             "interrupted runs", removed)
     return removed
