@@ -30,9 +30,15 @@ ENV PATH=/opt/venv/bin:$PATH
 # torch first, on its own layer: the largest and the most stable
 RUN pip install "${TORCH_SPEC}"
 
-COPY pyproject.toml README.md /src/
+COPY pyproject.toml setup.py README.md /src/
 COPY bidsapp_dl /src/bidsapp_dl
-RUN pip install "/src[validate]" && rm -rf /src \
+# the compiled kernels of the participant level need a C compiler, removed in the same layer
+RUN apt-get update \
+    && apt-get install -y --no-install-recommends gcc libc6-dev python3-dev \
+    && pip install "/src[validate]" && rm -rf /src \
+    && python -c "import bidsapp_dl.extract._kernels" \
+    && apt-get purge -y --auto-remove gcc libc6-dev python3-dev \
+    && rm -rf /var/lib/apt/lists/* \
     && find /opt/venv -name "__pycache__" -type d -prune -exec rm -rf {} +
 
 # runs read-only as any user: every cache goes to /tmp (writable in BIDS Apps runs)

@@ -1,0 +1,377 @@
+/* Compiled inner loops of the participant level (optional: preprocess.py falls back to numpy
+ * and scipy when this module is not built).
+ *
+ * trilinear()  resamples a float32 volume on any affine grid in one pass, with the conventions
+ *              of scipy.ndimage.affine_transform(order=1, mode="constant", prefilter=False):
+ *              a point more than 1e-6 voxel outside [0, n - 1] on any axis gets cval; inside,
+ *              the 8 neighbours are weighted by products of 1-D linear weights (in double).
+ * block_sums() sums a float32 volume over blocks of steps[0] x steps[1] x steps[2] voxels.
+ * shift_scale() computes (x - shift) / scale in place, clipped to [low, high] unless NaN is
+ *              given: numpy's float32 arithmetic in one pass instead of three.
+ *
+ * Arrays come in through the buffer protocol (any strides for inputs, C-contiguous outputs);
+ * no numpy headers are needed to build. Both release the GIL while they run. Build flags keep
+ * IEEE arithmetic (no -ffast-math, no contraction into FMA), so results do not depend on the
+ * compiler's mood: the same input gives the same bytes.
+ */
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+#include <math.h>
+#include <string.h>
+
+#define EDGE_TOLERANCE 1e-6
+#ifndef TILE
+#define TILE 16
+#endif
+
+static int
+get_volume(PyObject *obj, Py_buffer *view, int writable, const char *name)
+{
+    int flags = PyBUF_FORMAT | (writable ? (PyBUF_C_CONTIGUOUS | PyBUF_WRITABLE) : PyBUF_STRIDES);
+    if (PyObject_GetBuffer(obj, view, flags) < 0)
+        return -1;
+    if (view->ndim != 3 || view->itemsize != 4 || view->format == NULL
+        || strcmp(view->format, "f") != 0) {
+        PyErr_Format(PyExc_ValueError, "%s: a 3-D float32 array is needed", name);
+        PyBuffer_Release(view);
+        return -1;
+    }
+    for (int a = 0; a < 3; a++) {
+        if (view->strides[a] % 4 != 0) {
+            PyErr_Format(PyExc_ValueError, "%s: strides must be whole elements", name);
+            PyBuffer_Release(view);
+            return -1;
+        }
+    }
+    return 0;
+}
+
+/* Per axis: 0 outside, else 1 with the lower neighbour and the weight of the upper one. */
+static inline int
+axis_weight(double c, Py_ssize_t n, Py_ssize_t *low, double *w)
+{
+    if (c < -EDGE_TOLERANCE || c > (double)(n - 1) + EDGE_TOLERANCE)
+        return 0;
+    if (c < 0.0)
+        c = 0.0;
+    if (c > (double)(n - 1))
+        c = (double)(n - 1);
+    Py_ssize_t l = (Py_ssize_t)c;  /* c >= 0: truncation is floor, without a libm call */
+    if (l > n - 2)
+        l = n - 2 < 0 ? 0 : n - 2;
+    *low = l;
+    *w = c - (double)l;
+    return 1;
+}
+
+
+/* The 8 neighbours from p (offsets t0, t1, t2 along the input axes), weighted linearly along
+ * input axis 2, then 1, then 0, in double: the arithmetic of scipy's order-1 spline. */
+static inline float
+mix8(const float *p, Py_ssize_t t0, Py_ssize_t t1, Py_ssize_t t2, double w0, double w1, double w2)
+{
+    const double v00 = p[0] + w2 * ((double)p[t2] - p[0]);
+    const double v01 = p[t1] + w2 * ((double)p[t1 + t2] - p[t1]);
+    const double v10 = p[t0] + w2 * ((double)p[t0 + t2] - p[t0]);
+    const double v11 = p[t0 + t1] + w2 * ((double)p[t0 + t1 + t2] - p[t0 + t1]);
+    const double v0 = v00 + w1 * (v01 - v00);
+    const double v1 = v10 + w1 * (v11 - v10);
+    return (float)(v0 + w0 * (v1 - v0));
+}
+
+/* Axis-aligned grids (each output axis moves along one input axis: permuted, flipped, scaled):
+ * the neighbours and weights of every output index are computed once per axis. perm[c] is the
+ * input axis of output axis c. Same values as the general loop, bit for bit. */
+static int
+trilinear_axes(const float *in, const Py_ssize_t *n, const Py_ssize_t *s, float *res,
+               const Py_ssize_t *d, const double *m, const double *o, const int *perm, float fill)
+{
+    Py_ssize_t *off[3] = {NULL, NULL, NULL};
+    double *wt[3] = {NULL, NULL, NULL};
+    char *ok[3] = {NULL, NULL, NULL};
+    int failed = 0;
+    for (int c = 0; c < 3 && !failed; c++) {
+        off[c] = (Py_ssize_t *)PyMem_RawMalloc(sizeof(Py_ssize_t) * (size_t)d[c]);
+        wt[c] = (double *)PyMem_RawMalloc(sizeof(double) * (size_t)d[c]);
+        ok[c] = (char *)PyMem_RawMalloc((size_t)d[c]);
+        failed = off[c] == NULL || wt[c] == NULL || ok[c] == NULL;
+        if (failed)
+            break;
+        const int a = perm[c];
+        for (Py_ssize_t x = 0; x < d[c]; x++) {
+            Py_ssize_t low = 0;
+            double w = 0.0;
+            ok[c][x] = (char)axis_weight(m[3 * a + c] * x + o[a], n[a], &low, &w);
+            off[c][x] = low * s[a];
+            wt[c][x] = w;
+        }
+    }
+    if (!failed) {
+        Py_ssize_t t[3];
+        for (int a = 0; a < 3; a++)
+            t[a] = n[a] > 1 ? s[a] : 0;
+        for (Py_ssize_t i = 0; i < d[0]; i++) {
+            for (Py_ssize_t j = 0; j < d[1]; j++) {
+                float *row = res + (i * d[1] + j) * d[2];
+                if (!ok[0][i] || !ok[1][j]) {
+                    for (Py_ssize_t k = 0; k < d[2]; k++)
+                        row[k] = fill;
+                    continue;
+                }
+                const float *base = in + off[0][i] + off[1][j];
+                double w[3];
+                w[perm[0]] = wt[0][i];
+                w[perm[1]] = wt[1][j];
+                const int a2 = perm[2];
+                for (Py_ssize_t k = 0; k < d[2]; k++) {
+                    if (!ok[2][k]) {
+                        row[k] = fill;
+                        continue;
+                    }
+                    w[a2] = wt[2][k];
+                    row[k] = mix8(base + off[2][k], t[0], t[1], t[2], w[0], w[1], w[2]);
+                }
+            }
+        }
+    }
+    for (int c = 0; c < 3; c++) {
+        PyMem_RawFree(off[c]);
+        PyMem_RawFree(wt[c]);
+        PyMem_RawFree(ok[c]);
+    }
+    return failed ? -1 : 0;
+}
+
+static PyObject *
+trilinear(PyObject *self, PyObject *args)
+{
+    PyObject *src_obj, *out_obj;
+    double m[9], o[3], cval;
+    if (!PyArg_ParseTuple(args, "OO(ddddddddd)(ddd)d", &src_obj, &out_obj,
+                          &m[0], &m[1], &m[2], &m[3], &m[4], &m[5], &m[6], &m[7], &m[8],
+                          &o[0], &o[1], &o[2], &cval))
+        return NULL;
+    Py_buffer src, out;
+    if (get_volume(src_obj, &src, 0, "source") < 0)
+        return NULL;
+    if (get_volume(out_obj, &out, 1, "output") < 0) {
+        PyBuffer_Release(&src);
+        return NULL;
+    }
+    const float *in = (const float *)src.buf;
+    float *res = (float *)out.buf;
+    const Py_ssize_t n0 = src.shape[0], n1 = src.shape[1], n2 = src.shape[2];
+    const Py_ssize_t s0 = src.strides[0] / 4, s1 = src.strides[1] / 4, s2 = src.strides[2] / 4;
+    const Py_ssize_t d0 = out.shape[0], d1 = out.shape[1], d2 = out.shape[2];
+    const float fill = (float)cval;
+    /* a single voxel along an axis: both neighbours are that voxel */
+    const Py_ssize_t t0 = n0 > 1 ? s0 : 0, t1 = n1 > 1 ? s1 : 0, t2 = n2 > 1 ? s2 : 0;
+    /* below these, the lower neighbour is at most n - 2 and both neighbours exist */
+    const double top0 = (double)(n0 - 1), top1 = (double)(n1 - 1), top2 = (double)(n2 - 1);
+
+    /* axis-aligned when every row and column of m has a single nonzero entry */
+    int perm[3] = {-1, -1, -1}, aligned = 1;
+    for (int c = 0; c < 3; c++) {
+        int count = 0;
+        for (int a = 0; a < 3; a++)
+            if (m[3 * a + c] != 0.0) {
+                perm[c] = a;
+                count++;
+            }
+        aligned &= count == 1;
+    }
+    aligned &= perm[0] != perm[1] && perm[1] != perm[2] && perm[0] != perm[2];
+    if (aligned) {
+        const Py_ssize_t n[3] = {n0, n1, n2}, s[3] = {s0, s1, s2}, d[3] = {d0, d1, d2};
+        int failed;
+        Py_BEGIN_ALLOW_THREADS
+        failed = trilinear_axes(in, n, s, res, d, m, o, perm, fill);
+        Py_END_ALLOW_THREADS
+        PyBuffer_Release(&src);
+        PyBuffer_Release(&out);
+        if (failed)
+            return PyErr_NoMemory();
+        Py_RETURN_NONE;
+    }
+
+    /* Tiles of the output: the input a tile reads (about (TILE + 1)^3 voxels) stays in the
+     * cache whatever the orientations of the two grids, so each input line is fetched once.
+     * The innermost loop runs along the output's rows (contiguous writes): measured faster
+     * than along the input's memory order with strided writes. */
+    const Py_ssize_t d[3] = {d0, d1, d2}, ostride[3] = {d1 * d2, d2, 1};
+    const int q = 2;
+    const int P = q == 0 ? 1 : 0, R = q == 2 ? 1 : 2;  /* the outer and middle axes */
+    Py_BEGIN_ALLOW_THREADS
+    for (Py_ssize_t tp = 0; tp < d[P]; tp += TILE)
+    for (Py_ssize_t tr = 0; tr < d[R]; tr += TILE)
+    for (Py_ssize_t tq = 0; tq < d[q]; tq += TILE) {
+        const Py_ssize_t ep = tp + TILE < d[P] ? tp + TILE : d[P];
+        const Py_ssize_t er = tr + TILE < d[R] ? tr + TILE : d[R];
+        const Py_ssize_t len = tq + TILE < d[q] ? TILE : d[q] - tq;
+        for (Py_ssize_t x = tp; x < ep; x++) {
+            for (Py_ssize_t y = tr; y < er; y++) {
+                /* input coordinates at (x, y) and index 0 along q; each step adds column q */
+                const double b0 = m[P] * x + m[R] * y + o[0];
+                const double b1 = m[3 + P] * x + m[3 + R] * y + o[1];
+                const double b2 = m[6 + P] * x + m[6 + R] * y + o[2];
+                float *line = res + x * ostride[P] + y * ostride[R] + tq * ostride[q];
+                const Py_ssize_t step = ostride[q];
+                /* first the coordinates of the piece (a loop the compiler can vectorise),
+                 * then the neighbours */
+                double cw[3][TILE];
+                int ci[3][TILE], inside[TILE];
+                for (Py_ssize_t k = 0; k < len; k++) {
+                    const double c0 = b0 + m[q] * (k + tq), c1 = b1 + m[3 + q] * (k + tq);
+                    const double c2 = b2 + m[6 + q] * (k + tq);
+                    inside[k] = (c0 >= 0.0) & (c0 < top0) & (c1 >= 0.0) & (c1 < top1)
+                                & (c2 >= 0.0) & (c2 < top2);
+                    ci[0][k] = inside[k] ? (int)c0 : 0;
+                    ci[1][k] = inside[k] ? (int)c1 : 0;
+                    ci[2][k] = inside[k] ? (int)c2 : 0;
+                    cw[0][k] = c0 - ci[0][k];
+                    cw[1][k] = c1 - ci[1][k];
+                    cw[2][k] = c2 - ci[2][k];
+                }
+                for (Py_ssize_t k = 0; k < len; k++) {
+                    Py_ssize_t l0, l1, l2;
+                    double w0, w1, w2;
+                    if (inside[k]) {  /* well inside, the usual case: truncation is floor */
+                        l0 = ci[0][k]; l1 = ci[1][k]; l2 = ci[2][k];
+                        w0 = cw[0][k]; w1 = cw[1][k]; w2 = cw[2][k];
+                    } else if (!axis_weight(b0 + m[q] * (k + tq), n0, &l0, &w0)
+                        || !axis_weight(b1 + m[3 + q] * (k + tq), n1, &l1, &w1)
+                        || !axis_weight(b2 + m[6 + q] * (k + tq), n2, &l2, &w2)) {
+                        line[k * step] = fill;
+                        continue;
+                    }
+                    line[k * step] = mix8(in + l0 * s0 + l1 * s1 + l2 * s2, t0, t1, t2, w0, w1, w2);
+                }
+            }
+        }
+    }
+    Py_END_ALLOW_THREADS
+
+    PyBuffer_Release(&src);
+    PyBuffer_Release(&out);
+    Py_RETURN_NONE;
+}
+
+static PyObject *
+block_sums(PyObject *self, PyObject *args)
+{
+    PyObject *src_obj, *out_obj;
+    Py_ssize_t st[3];
+    if (!PyArg_ParseTuple(args, "OO(nnn)", &src_obj, &out_obj, &st[0], &st[1], &st[2]))
+        return NULL;
+    Py_buffer src, out;
+    if (get_volume(src_obj, &src, 0, "source") < 0)
+        return NULL;
+    if (get_volume(out_obj, &out, 1, "output") < 0) {
+        PyBuffer_Release(&src);
+        return NULL;
+    }
+    for (int a = 0; a < 3; a++) {
+        if (st[a] < 1 || out.shape[a] * st[a] > src.shape[a]) {
+            PyBuffer_Release(&src);
+            PyBuffer_Release(&out);
+            PyErr_SetString(PyExc_ValueError, "blocks do not fit in the source");
+            return NULL;
+        }
+    }
+    const float *in = (const float *)src.buf;
+    float *res = (float *)out.buf;
+    const Py_ssize_t s[3] = {src.strides[0] / 4, src.strides[1] / 4, src.strides[2] / 4};
+    const Py_ssize_t d[3] = {out.shape[0], out.shape[1], out.shape[2]};
+    /* walk the source in its memory order: the axis of the smallest stride innermost */
+    int order[3] = {0, 1, 2};
+    for (int a = 0; a < 3; a++)
+        for (int b = a + 1; b < 3; b++)
+            if (llabs((long long)s[order[b]]) > llabs((long long)s[order[a]])) {
+                int t = order[a]; order[a] = order[b]; order[b] = t;
+            }
+    const int A = order[0], B = order[1], C = order[2];  /* outer, middle, inner */
+    const Py_ssize_t out_stride[3] = {d[1] * d[2], d[2], 1};
+    /* the sums accumulate in the source's order (C innermost), then go to the output's */
+    double *acc = (double *)PyMem_RawCalloc((size_t)(d[0] * d[1] * d[2]), sizeof(double));
+    if (acc == NULL) {
+        PyBuffer_Release(&src);
+        PyBuffer_Release(&out);
+        return PyErr_NoMemory();
+    }
+
+    Py_BEGIN_ALLOW_THREADS
+    for (Py_ssize_t a = 0; a < d[A] * st[A]; a++) {
+        for (Py_ssize_t b = 0; b < d[B] * st[B]; b++) {
+            const float *line = in + a * s[A] + b * s[B];
+            double *target = acc + ((a / st[A]) * d[B] + b / st[B]) * d[C];
+            for (Py_ssize_t c = 0; c < d[C]; c++) {
+                const float *q = line + c * st[C] * s[C];
+                float sum = 0.0f;
+                for (Py_ssize_t e = 0; e < st[C]; e++)
+                    sum += q[e * s[C]];
+                target[c] += sum;
+            }
+        }
+    }
+    for (Py_ssize_t a = 0; a < d[A]; a++)
+        for (Py_ssize_t b = 0; b < d[B]; b++)
+            for (Py_ssize_t c = 0; c < d[C]; c++)
+                res[a * out_stride[A] + b * out_stride[B] + c * out_stride[C]] =
+                    (float)acc[(a * d[B] + b) * d[C] + c];
+    Py_END_ALLOW_THREADS
+
+    PyMem_RawFree(acc);
+    PyBuffer_Release(&src);
+    PyBuffer_Release(&out);
+    Py_RETURN_NONE;
+}
+
+static PyObject *
+shift_scale(PyObject *self, PyObject *args)
+{
+    PyObject *obj;
+    float shift, scale, low, high;
+    if (!PyArg_ParseTuple(args, "Offff", &obj, &shift, &scale, &low, &high))
+        return NULL;
+    Py_buffer view;
+    if (get_volume(obj, &view, 1, "volume") < 0)
+        return NULL;
+    float *v = (float *)view.buf;
+    const Py_ssize_t n = view.len / 4;
+    const int clip = !isnan(low) && !isnan(high);
+    Py_BEGIN_ALLOW_THREADS
+    if (clip) {
+        for (Py_ssize_t x = 0; x < n; x++) {
+            const float y = (v[x] - shift) / scale;
+            v[x] = y < low ? low : (y > high ? high : y);
+        }
+    } else {
+        for (Py_ssize_t x = 0; x < n; x++)
+            v[x] = (v[x] - shift) / scale;
+    }
+    Py_END_ALLOW_THREADS
+    PyBuffer_Release(&view);
+    Py_RETURN_NONE;
+}
+
+static PyMethodDef methods[] = {
+    {"trilinear", trilinear, METH_VARARGS,
+     "trilinear(source, output, matrix9, offset3, cval): output[i,j,k] = source at "
+     "matrix @ (i,j,k) + offset, interpolated linearly; cval outside."},
+    {"block_sums", block_sums, METH_VARARGS,
+     "block_sums(source, output, steps3): output = sums of source over blocks of steps."},
+    {"shift_scale", shift_scale, METH_VARARGS,
+     "shift_scale(volume, shift, scale, low, high): volume = clip((volume - shift) / scale, "
+     "low, high) in place, in float32; NaN bounds: no clipping."},
+    {NULL, NULL, 0, NULL},
+};
+
+static struct PyModuleDef module = {
+    PyModuleDef_HEAD_INIT, "_kernels", "Compiled resampling and block sums.", -1, methods,
+};
+
+PyMODINIT_FUNC
+PyInit__kernels(void)
+{
+    return PyModule_Create(&module);
+}

@@ -1,0 +1,171 @@
+"""The compiled kernels (bidsapp_dl/extract/_kernels.c) against scipy and numpy.
+
+The kernels are optional at install time (no C compiler, no kernels: the numpy/scipy code
+runs), but wherever the tests run a compiler was there, so their absence is a failure.
+"""
+
+from __future__ import annotations
+
+import nibabel as nib
+import numpy as np
+import pytest
+from scipy import ndimage
+
+from bidsapp_dl.extract import preprocess as pp
+
+
+def _kernels():
+    assert pp._kernels is not None, (
+        "bidsapp_dl.extract._kernels is not built: reinstall with a C compiler and the Python "
+        "headers at hand (pip install -e . builds it)")
+    return pp._kernels
+
+
+def _scipy(data, matrix, offset, shape, cval):
+    return ndimage.affine_transform(data, matrix, offset=offset, output_shape=shape,
+                                    output=np.float32, order=1, mode="constant", cval=cval,
+                                    prefilter=False)
+
+
+def _random_rotation(rng) -> np.ndarray:
+    q, r = np.linalg.qr(rng.normal(size=(3, 3)))
+    return q * np.sign(np.diag(r))
+
+
+@pytest.mark.parametrize("layout", ["C", "F", "strided"])
+def test_trilinear_equals_scipy_on_oblique_grids(layout):
+    """Rotated, sheared, scaled grids, partly outside the input: scipy's values and scipy's
+    background, whatever the memory layout of the input."""
+    kernels = _kernels()
+    rng = np.random.default_rng(11)
+    for _ in range(40):
+        data = rng.normal(100.0, 30.0, size=(19, 27, 23)).astype(np.float32)
+        if layout == "F":
+            data = np.asfortranarray(data)
+        elif layout == "strided":
+            data = np.ascontiguousarray(np.repeat(data, 2, axis=1))[:, ::2, ::-1]
+        matrix = _random_rotation(rng) * rng.uniform(0.4, 1.6, 3)
+        if rng.random() < 0.3:
+            matrix = matrix + rng.normal(0.0, 0.2, (3, 3))  # sheared
+        offset = rng.uniform(-6.0, 30.0, 3)
+        shape = tuple(int(n) for n in rng.integers(3, 36, 3))
+        out = np.empty(shape, np.float32)
+        kernels.trilinear(data, out, tuple(matrix.ravel()), tuple(offset), -7.0)
+        expected = _scipy(data, matrix, offset, shape, -7.0)
+        np.testing.assert_allclose(out, expected, rtol=0, atol=2e-4)
+        assert ((out == -7.0) == (expected == -7.0)).mean() > 0.999  # same points outside
+
+
+@pytest.mark.parametrize("layout", ["C", "F"])
+def test_trilinear_axis_aligned_path_equals_scipy(layout):
+    """Permuted, flipped and scaled axes take the path with per-axis tables; whole-voxel
+    shifts are exact copies."""
+    kernels = _kernels()
+    rng = np.random.default_rng(5)
+    for _ in range(60):
+        data = rng.normal(50.0, 20.0, size=(21, 17, 25)).astype(np.float32)
+        data = np.asfortranarray(data) if layout == "F" else data
+        perm = rng.permutation(3)
+        matrix = np.zeros((3, 3))
+        for c in range(3):  # binary fractions: no sample point within rounding of an edge
+            matrix[perm[c], c] = rng.choice([-1.0, 1.0]) * rng.choice([0.375, 0.5, 1.0, 1.25, 2.0])
+        offset = rng.uniform(-8.0, 30.0, 3)
+        shape = tuple(int(n) for n in rng.integers(2, 40, 3))
+        out = np.empty(shape, np.float32)
+        kernels.trilinear(data, out, tuple(matrix.ravel()), tuple(offset), 3.5)
+        np.testing.assert_allclose(out, _scipy(data, matrix, offset, shape, 3.5), rtol=0, atol=1e-4)
+    data = rng.normal(size=(12, 10, 8)).astype(np.float32)
+    out = np.empty((6, 5, 4), np.float32)
+    kernels.trilinear(data, out, (1.0, 0, 0, 0, 1.0, 0, 0, 0, 1.0), (3.0, 2.0, 1.0), 0.0)
+    np.testing.assert_array_equal(out, data[3:9, 2:7, 1:5])
+
+
+def test_trilinear_single_voxel_axis_and_edges():
+    """An axis one voxel thick is constant along it; the last voxel of an axis is reached
+    exactly, and a point just beyond it is background."""
+    kernels = _kernels()
+    data = np.arange(2 * 3 * 1, dtype=np.float32).reshape(2, 3, 1)
+    out = np.empty((2, 3, 1), np.float32)
+    kernels.trilinear(data, out, (1.0, 0, 0, 0, 1.0, 0, 0, 0, 1.0), (0.0, 0.0, 0.0), -1.0)
+    np.testing.assert_array_equal(out, data)
+    line = np.arange(4 * 2 * 2, dtype=np.float32).reshape(4, 2, 2)
+    out = np.empty((2, 1, 1), np.float32)
+    kernels.trilinear(line, out, (1.0, 0, 0, 0, 1.0, 0, 0, 0, 1.0), (2.5, 1.0, 1.0), -1.0)
+    assert out[0, 0, 0] == pytest.approx((line[2, 1, 1] + line[3, 1, 1]) / 2)
+    assert out[1, 0, 0] == -1.0  # x = 3.5 > 3
+
+
+def test_trilinear_refuses_wrong_arrays():
+    kernels = _kernels()
+    ident = (1.0, 0, 0, 0, 1.0, 0, 0, 0, 1.0)
+    with pytest.raises(ValueError, match="float32"):
+        kernels.trilinear(np.zeros((4, 4, 4)), np.empty((2, 2, 2), np.float32), ident, (0, 0, 0), 0.0)
+    with pytest.raises(ValueError, match="3-D"):
+        kernels.trilinear(np.zeros((4, 4), np.float32), np.empty((2, 2, 2), np.float32), ident,
+                          (0, 0, 0), 0.0)
+    with pytest.raises((ValueError, BufferError)):  # a read-only or non-contiguous output
+        kernels.trilinear(np.zeros((4, 4, 4), np.float32), np.empty((4, 4, 4), np.float32)[::2],
+                          ident, (0, 0, 0), 0.0)
+
+
+@pytest.mark.parametrize("layout", ["C", "F"])
+def test_block_sums_equal_numpy(layout):
+    kernels = _kernels()
+    rng = np.random.default_rng(2)
+    for _ in range(20):
+        data = rng.random(tuple(int(n) for n in rng.integers(5, 30, 3))).astype(np.float32)
+        data = np.asfortranarray(data) if layout == "F" else data
+        steps = tuple(int(rng.integers(1, min(5, n) + 1)) for n in data.shape)
+        counts = [n // s for n, s in zip(data.shape, steps, strict=True)]
+        out = np.empty(counts, np.float32)
+        kernels.block_sums(data, out, steps)
+        trimmed = data[:counts[0] * steps[0], :counts[1] * steps[1], :counts[2] * steps[2]]
+        expected = trimmed.reshape(counts[0], steps[0], counts[1], steps[1], counts[2],
+                                   steps[2]).sum(axis=(1, 3, 5), dtype=np.float64)
+        np.testing.assert_allclose(out, expected, rtol=1e-5)
+    with pytest.raises(ValueError, match="fit"):
+        kernels.block_sums(np.zeros((4, 4, 4), np.float32), np.empty((3, 1, 1), np.float32),
+                           (2, 2, 2))
+
+
+def test_without_kernels_preprocess_gives_the_same_tensor(monkeypatch):
+    """An install without a compiler (numpy and scipy only) gives the same tensor to float32
+    rounding, for an axis-aligned and for an oblique image."""
+    _kernels()
+    rng = np.random.default_rng(3)
+    x, y, z = np.meshgrid(*(np.linspace(-1, 1, n) for n in (40, 48, 44)), indexing="ij")
+    head = ((x / 0.8) ** 2 + (y / 0.9) ** 2 + (z / 0.85) ** 2 < 1) * 800.0
+    head = (head + rng.normal(0, 20, head.shape)).astype(np.float32)
+    params = pp.PreprocessingParams(voxel_size=3.0, target_shape=(48, 56, 50))
+    for rotation in (np.eye(3), np.array([[0.94, -0.34, 0], [0.34, 0.94, 0], [0, 0, 1.0]])):
+        affine = np.eye(4)
+        affine[:3, :3] = rotation * 3.2
+        affine[:3, 3] = [-60.0, -70.0, -65.0]
+        img = nib.Nifti1Image(np.asfortranarray(head), affine)
+        compiled = pp.preprocess(img, params)
+        with monkeypatch.context() as m:
+            m.setattr(pp, "_kernels", None)
+            plain = pp.preprocess(img, params)
+        np.testing.assert_array_equal(compiled.affine, plain.affine)
+        np.testing.assert_allclose(compiled.data, plain.data, rtol=0, atol=1e-5)
+        a, b = dict(compiled.info), dict(plain.info)
+        ia, ib = a.pop("intensity"), b.pop("intensity")
+        assert ia.keys() == ib.keys() and ia["over"] == ib["over"] == "head"
+        assert [ia["low"], ia["high"]] == pytest.approx([ib["low"], ib["high"]], rel=1e-6)
+        assert a == b  # the same head, centre, threshold and background
+
+
+@pytest.mark.parametrize("bounds", [(0.0, 1.0), (float("nan"), float("nan"))])
+def test_shift_scale_is_numpys_float32_arithmetic(bounds):
+    """One pass in place, bit for bit what subtracting, dividing and clipping in numpy give."""
+    kernels = _kernels()
+    rng = np.random.default_rng(4)
+    volume = rng.normal(300.0, 200.0, (31, 40, 27)).astype(np.float32)
+    volume[0, 0, :3] = [np.nan, np.inf, -np.inf]
+    expected = volume.copy()
+    expected -= np.float32(12.3456)
+    expected /= np.float32(678.9)
+    if not np.isnan(bounds[0]):
+        np.clip(expected, *bounds, out=expected)
+    kernels.shift_scale(volume, 12.3456, 678.9, *bounds)
+    np.testing.assert_array_equal(volume, expected)
