@@ -10,13 +10,18 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import multiprocessing
 import os
+import queue
 import time
-from concurrent.futures import ProcessPoolExecutor
+from collections.abc import Iterable, Iterator
+from concurrent.futures import Future, ProcessPoolExecutor, ThreadPoolExecutor
+from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+from threadpoolctl import threadpool_limits
 
 from ..bids import index
 from ..bids.validate import validate
@@ -33,7 +38,13 @@ from ..maps.io import (
 from ..memory import keep_freed_memory
 from ..report import qc
 from . import store
-from .preprocess import PreprocessingParams, load_image, preprocess, resample_labels
+from .preprocess import (
+    Preprocessed,
+    PreprocessingParams,
+    load_image,
+    preprocess,
+    resample_labels,
+)
 
 log = logging.getLogger(__name__)
 
@@ -57,45 +68,101 @@ def params_from(opts: Options) -> PreprocessingParams:
 
 def extract_one(record: index.ImageRecord, output_dir: Path, params: PreprocessingParams,
                 overwrite: bool = False) -> Outcome:
-    """Extract one image (and its segmentation) unless up to date; bad images come back ``bad``.
+    """Extract one image (and its segmentation) unless up to date; bad images come back ``bad``."""
+    return list(extract_in_order([record], output_dir, params, overwrite))[0]
 
-    Jobs that share OUTPUT_DIR take turns per image folder: the second finds the image up to
-    date, and a tensor never ends up beside the sidecar of another job's tensor.
+
+def extract_in_order(records: Iterable[index.ImageRecord], output_dir: Path,
+                     params: PreprocessingParams, overwrite: bool = False) -> Iterator[Outcome]:
+    """Extract images one after another; yield each outcome once its files are written.
+
+    The writing of an image (hashing the tensor, writing it through to the disk, the sidecar,
+    the segmentation, the QC mosaic) runs in a thread while the next image is read and
+    resampled: at most two volumes are in memory. Jobs that share OUTPUT_DIR take turns per
+    image folder (the lock is held until the image's files are written): the second finds the
+    image up to date, and a tensor never ends up beside the sidecar of another job's tensor.
     """
-    folder = store.tensor_paths(output_dir, record)[0].parent
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise OutputError(f"cannot create {folder} ({exc.strerror}); check free space and "
-                          "permissions of OUTPUT_DIR") from exc
-    with folder_lock(folder):
-        return _extract_one(record, output_dir, params, overwrite)
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="neurodl-writer") as writer:
+        pending: Future | None = None
+        for record in records:
+            folder = store.tensor_paths(output_dir, record)[0].parent
+            try:
+                folder.mkdir(parents=True, exist_ok=True)
+            except OSError as exc:
+                raise OutputError(f"cannot create {folder} ({exc.strerror}); check free space "
+                                  "and permissions of OUTPUT_DIR") from exc
+            lock = ExitStack()
+            lock.enter_context(folder_lock(folder))
+            try:
+                start = time.perf_counter()
+                step = _compute(record, output_dir, params, overwrite, start)
+            except BaseException:
+                lock.close()
+                raise
+            if pending is not None:
+                yield pending.result()
+            pending = writer.submit(_finish, step, lock)
+        if pending is not None:
+            yield pending.result()
 
 
-def _extract_one(record: index.ImageRecord, output_dir: Path, params: PreprocessingParams,
-                 overwrite: bool) -> Outcome:
-    start = time.perf_counter()
+@dataclass
+class _Step:
+    """An image whose computation is done; what is left is writing."""
+
+    record: index.ImageRecord
+    output_dir: Path
+    params: PreprocessingParams
+    overwrite: bool
+    start: float
+    source_sha: str = ""
+    dseg_sha: str | None = None
+    result: Preprocessed | None = None   # None: the image tensor is up to date
+    outcome: Outcome | None = None       # set when nothing is left to do (a bad image)
+
+
+def _compute(record: index.ImageRecord, output_dir: Path, params: PreprocessingParams,
+             overwrite: bool, start: float) -> _Step:
+    step = _Step(record, output_dir, params, overwrite, start)
     tensor, sidecar = store.tensor_paths(output_dir, record)
     source = str(record.path)
     if record.dseg_problem:
-        return Outcome(source, "bad", record.dseg_problem)
+        step.outcome = Outcome(source, "bad", record.dseg_problem)
+        return step
     try:
         raw = record.path.read_bytes()  # read once: hashed here, decoded below if needed
-        source_sha = hashlib.sha256(raw).hexdigest()
-        dseg_sha = sha256_file(record.dseg.path) if record.dseg else None
+        step.source_sha = hashlib.sha256(raw).hexdigest()
+        step.dseg_sha = sha256_file(record.dseg.path) if record.dseg else None
     except OSError as exc:
-        return Outcome(source, "bad", f"{exc.filename}: cannot read it ({exc.strerror})")
-    wanted = params.as_dict()
-    wrote = False
-    if overwrite or not store.is_up_to_date(tensor, sidecar, source_sha, wanted):
+        step.outcome = Outcome(source, "bad", f"{exc.filename}: cannot read it ({exc.strerror})")
+        return step
+    if overwrite or not store.is_up_to_date(tensor, sidecar, step.source_sha, params.as_dict()):
         try:
-            result = preprocess(load_image(record.path, raw), params)
+            step.result = preprocess(load_image(record.path, raw), params)
         except BadImageError as exc:
-            return Outcome(source, "bad", str(exc))
+            step.outcome = Outcome(source, "bad", str(exc))
+    return step
+
+
+def _finish(step: _Step, lock: ExitStack) -> Outcome:
+    """Write what ``_compute`` made (in the writer thread), then release the image's lock."""
+    with lock:
+        if step.outcome is not None:
+            return step.outcome
+        return _write(step)
+
+
+def _write(step: _Step) -> Outcome:
+    record, output_dir, wanted = step.record, step.output_dir, step.params.as_dict()
+    tensor, sidecar = store.tensor_paths(output_dir, record)
+    source = str(record.path)
+    wrote = False
+    if step.result is not None:
+        result = step.result
         # the tensor first, the sidecar last: a sidecar always describes a complete tensor
-        store.write_tensor(tensor, result.data)
-        meta = store.sidecar(record, source_sha, result.data, result.affine, wanted, result.info,
-                             time.perf_counter() - start)
+        digest = store.write_tensor(tensor, result.data)
+        meta = store.sidecar(record, step.source_sha, result.data, result.affine, wanted,
+                             result.info, time.perf_counter() - step.start, digest=digest)
         write_json(sidecar, meta)
         wrote = True
     if record.dseg is not None:
@@ -103,23 +170,25 @@ def _extract_one(record: index.ImageRecord, output_dir: Path, params: Preprocess
         dseg_tensor, dseg_sidecar = store.dseg_paths(output_dir, record)
         # the segmentation follows its image: redone whenever the image tensor changed
         dseg_params = {**wanted, "ReferenceDataSHA256": meta["DataSHA256"]}
-        if wrote or overwrite or not store.is_up_to_date(dseg_tensor, dseg_sidecar, dseg_sha,
-                                                         dseg_params):
+        if wrote or step.overwrite or not store.is_up_to_date(dseg_tensor, dseg_sidecar,
+                                                              step.dseg_sha, dseg_params):
             try:
                 labels = resample_labels(load_image(record.dseg.path), np.array(meta["Affine"]),
                                          tuple(meta["Shape"]))
             except BadImageError as exc:
                 return Outcome(source, "bad", str(exc))
-            store.write_tensor(dseg_tensor, labels)
-            dmeta = store.sidecar(record.dseg, dseg_sha, labels, np.array(meta["Affine"]),
+            digest = store.write_tensor(dseg_tensor, labels)
+            dmeta = store.sidecar(record.dseg, step.dseg_sha, labels, np.array(meta["Affine"]),
                                   dseg_params, {"labels": np.unique(labels).tolist()},
-                                  time.perf_counter() - start)
+                                  time.perf_counter() - step.start, digest=digest)
             write_json(dseg_sidecar, dmeta)
             wrote = True
-    qc.write_mosaic(output_dir, tensor)  # unless up to date; a QC problem only warns
+    # unless up to date; a QC problem only warns
+    qc.write_mosaic(output_dir, tensor, step.result.data if step.result is not None else None)
     if not wrote:
         return Outcome(source, "skipped", output=str(tensor))
-    return Outcome(source, "extracted", seconds=time.perf_counter() - start, output=str(tensor))
+    return Outcome(source, "extracted", seconds=time.perf_counter() - step.start,
+                   output=str(tensor))
 
 
 def _run_all(records: list[index.ImageRecord], output_dir: Path, params: PreprocessingParams,
@@ -140,21 +209,60 @@ def _run_all(records: list[index.ImageRecord], output_dir: Path, params: Preproc
 
     if nprocs <= 1 or total <= 1:
         keep_freed_memory()
-        for r in records:
-            report(extract_one(r, output_dir, params, overwrite))
+        with threadpool_limits(1):
+            for outcome in extract_in_order(records, output_dir, params, overwrite):
+                report(outcome)
         return outcomes
-    with ProcessPoolExecutor(max_workers=min(nprocs, total), initializer=_worker_setup) as pool:
-        futures = [pool.submit(extract_one, r, output_dir, params, overwrite) for r in records]
-        for future in futures:
-            report(future.result())
+    # each process takes the next image from a queue and sends back each outcome as its
+    # files are written: images are shared out as processes become free
+    context = multiprocessing.get_context()
+    tasks, results = context.Queue(), context.Queue()
+    nprocs = min(nprocs, total)
+    for record in records:
+        tasks.put(record)
+    for _ in range(nprocs):
+        tasks.put(None)
+    with ProcessPoolExecutor(max_workers=nprocs, mp_context=context, initializer=_worker_setup,
+                             initargs=(tasks, results)) as pool:
+        loops = [pool.submit(_worker_loop, output_dir, params, overwrite) for _ in range(nprocs)]
+        while len(outcomes) < total:
+            try:
+                report(results.get(timeout=0.5))
+            except queue.Empty:
+                for loop in loops:
+                    if loop.done():
+                        loop.result()  # a worker's error (or its death) ends the run
+                if all(loop.done() for loop in loops) and results.empty():
+                    break
+        for loop in loops:
+            loop.result()
+    if len(outcomes) < total:  # pragma: no cover - every worker returned, some images unseen
+        raise RuntimeError(f"{total - len(outcomes)} image(s) were not processed")
     return outcomes
 
 
-def _worker_setup() -> None:
+_QUEUES: tuple = ()
+
+
+def _worker_setup(tasks=None, results=None) -> None:
     """Processes share the cores: no process may also start a thread per core."""
+    global _QUEUES
     for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
         os.environ[var] = "1"
+    threadpool_limits(1)  # the BLAS libraries are loaded already: the variables come too late
     keep_freed_memory()
+    _QUEUES = (tasks, results)
+
+
+def _worker_loop(output_dir: Path, params: PreprocessingParams, overwrite: bool) -> None:
+    tasks, results = _QUEUES
+
+    def records() -> Iterator[index.ImageRecord]:
+        while (record := tasks.get()) is not None:
+            yield record
+
+    for outcome in extract_in_order(records(), output_dir, params, overwrite):
+        results.put(outcome)
 
 
 def _write_bad_list(output_dir: Path, bad: list[Outcome]) -> Path:

@@ -87,19 +87,38 @@ def is_up_to_date(tensor: Path, sidecar: Path, source_sha256: str, params: dict)
     return tensor.stat().st_size >= expected
 
 
-def write_tensor(path: Path, array: np.ndarray) -> None:
-    """The bytes ``np.save`` writes, but written by Python: a full disk then raises an OSError
-    that says so (``ndarray.tofile``, which ``np.save`` uses, drops the reason)."""
+def write_tensor(path: Path, array: np.ndarray) -> str:
+    """Write ``array`` as ``.npy`` through to the disk; return its :func:`data_sha256`.
+
+    The bytes are those ``np.save`` writes, but written by Python: a full disk then raises an
+    OSError that says so (``ndarray.tofile``, which ``np.save`` uses, drops the reason). Once
+    on the disk, the file's pages leave the page cache: the participant level does not read its
+    tensors again, and a job writing thousands of them must not fill the memory of the node
+    (or of its container) with them; the next tensor reuses the pages.
+    """
     array = np.ascontiguousarray(array)
+    digest = data_sha256(array)
     with atomic_path(path) as tmp, open(tmp, "wb") as fh:
         np.lib.format.write_array_header_1_0(fh, np.lib.format.header_data_from_array_1_0(array))
         fh.write(memoryview(array.reshape(-1)).cast("B"))
         fh.flush()
         os.fsync(fh.fileno())
+        drop_cached(fh.fileno())
+    return digest
+
+
+def drop_cached(fd: int) -> None:
+    """Ask the kernel to forget the (clean) cached pages of ``fd``; a no-op where it cannot."""
+    try:
+        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+    except (AttributeError, OSError):  # pragma: no cover - not Linux, or a file system without
+        pass
 
 
 def sidecar(record: ImageRecord, source_sha256: str, array: np.ndarray, affine: np.ndarray,
-            params: dict, info: dict, seconds: float) -> dict[str, Any]:
+            params: dict, info: dict, seconds: float,
+            digest: str | None = None) -> dict[str, Any]:
+    """The JSON sidecar of a tensor (``digest``: its :func:`data_sha256`, when known)."""
     zooms = np.sqrt((np.asarray(affine)[:3, :3] ** 2).sum(axis=0))
     return {
         "Description": "Preprocessed image stored as an uncompressed numpy array (.npy, C order, "
@@ -107,7 +126,7 @@ def sidecar(record: ImageRecord, source_sha256: str, array: np.ndarray, affine: 
                        "indices to world millimetres",
         "Sources": [record.uri],
         "SourceSHA256": source_sha256,
-        "DataSHA256": data_sha256(array),
+        "DataSHA256": digest or data_sha256(array),
         "Shape": list(array.shape),
         "DataType": array.dtype.name,
         "Affine": np.asarray(affine, dtype=float).round(6).tolist(),

@@ -80,8 +80,10 @@ def mosaic(volume: np.ndarray, window: tuple[float, float] | None = None) -> np.
     return np.hstack(row[:-1])
 
 
-def write_mosaic(output_dir: Path, tensor: Path) -> Path | None:
+def write_mosaic(output_dir: Path, tensor: Path, array: np.ndarray | None = None) -> Path | None:
     """The mosaic of ``tensor``, written unless one newer than the tensor exists; None on failure.
+
+    ``array``: the tensor's voxels when they are at hand (read from the file otherwise).
 
     QC never fails an extraction: a problem here is logged and the run goes on.
     """
@@ -91,7 +93,7 @@ def write_mosaic(output_dir: Path, tensor: Path) -> Path | None:
             return out
         meta = json.loads(Path(tensor).with_suffix(".json").read_text(encoding="utf-8"))
         window = FIXED_WINDOW.get((meta.get("Preprocessing") or {}).get("normalization"))
-        image = mosaic(np.load(tensor, mmap_mode="r"), window)
+        image = mosaic(np.load(tensor, mmap_mode="r") if array is None else array, window)
         with atomic_path(out) as tmp:
             tmp.write_bytes(png_bytes(image))
         return out
