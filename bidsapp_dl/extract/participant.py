@@ -41,6 +41,7 @@ from . import store
 from .preprocess import (
     Preprocessed,
     PreprocessingParams,
+    decompress,
     load_image,
     preprocess,
     resample_labels,
@@ -82,9 +83,19 @@ def extract_in_order(records: Iterable[index.ImageRecord], output_dir: Path,
     image folder (the lock is held until the image's files are written): the second finds the
     image up to date, and a tensor never ends up beside the sidecar of another job's tensor.
     """
-    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="neurodl-writer") as writer:
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="neurodl-writer") as writer, \
+            ThreadPoolExecutor(max_workers=1, thread_name_prefix="neurodl-reader") as reader:
         pending: Future | None = None
-        for record in records:
+        records = iter(records)
+        following = next(records, None)
+        ahead = reader.submit(_read_source, following, output_dir, params, overwrite) \
+            if following is not None else None
+        while following is not None:
+            record, source = following, ahead
+            # the next image is read, hashed and decompressed while this one is computed
+            following = next(records, None)
+            ahead = reader.submit(_read_source, following, output_dir, params, overwrite) \
+                if following is not None else None
             folder = store.tensor_paths(output_dir, record)[0].parent
             try:
                 folder.mkdir(parents=True, exist_ok=True)
@@ -95,7 +106,7 @@ def extract_in_order(records: Iterable[index.ImageRecord], output_dir: Path,
             lock.enter_context(folder_lock(folder))
             try:
                 start = time.perf_counter()
-                step = _compute(record, output_dir, params, overwrite, start)
+                step = _compute(record, output_dir, params, overwrite, start, source.result())
             except BaseException:
                 lock.close()
                 raise
@@ -104,6 +115,31 @@ def extract_in_order(records: Iterable[index.ImageRecord], output_dir: Path,
             pending = writer.submit(_finish, step, lock)
         if pending is not None:
             yield pending.result()
+
+
+@dataclass
+class _Source:
+    """A source image's bytes, their hash, and (when it is to be extracted) their decoding."""
+
+    raw: bytes = b""
+    sha: str = ""
+    content: bytes | None = None
+    error: OSError | None = None
+
+
+def _read_source(record: index.ImageRecord, output_dir: Path, params: PreprocessingParams,
+                 overwrite: bool) -> _Source:
+    try:
+        raw = record.path.read_bytes()  # read once: hashed and decoded
+    except OSError as exc:
+        return _Source(error=exc)
+    source = _Source(raw, hashlib.sha256(raw).hexdigest())
+    tensor, sidecar = store.tensor_paths(output_dir, record)
+    # decompressed ahead only when the image looks due; the check that counts is made later,
+    # under the image folder's lock
+    if overwrite or not store.is_up_to_date(tensor, sidecar, source.sha, params.as_dict()):
+        source.content = decompress(raw)
+    return source
 
 
 @dataclass
@@ -122,25 +158,25 @@ class _Step:
 
 
 def _compute(record: index.ImageRecord, output_dir: Path, params: PreprocessingParams,
-             overwrite: bool, start: float) -> _Step:
-    step = _Step(record, output_dir, params, overwrite, start)
+             overwrite: bool, start: float, source: _Source) -> _Step:
+    step = _Step(record, output_dir, params, overwrite, start, source_sha=source.sha)
     tensor, sidecar = store.tensor_paths(output_dir, record)
-    source = str(record.path)
     if record.dseg_problem:
-        step.outcome = Outcome(source, "bad", record.dseg_problem)
+        step.outcome = Outcome(str(record.path), "bad", record.dseg_problem)
         return step
     try:
-        raw = record.path.read_bytes()  # read once: hashed here, decoded below if needed
-        step.source_sha = hashlib.sha256(raw).hexdigest()
+        if source.error is not None:
+            raise source.error
         step.dseg_sha = sha256_file(record.dseg.path) if record.dseg else None
     except OSError as exc:
-        step.outcome = Outcome(source, "bad", f"{exc.filename}: cannot read it ({exc.strerror})")
+        step.outcome = Outcome(str(record.path), "bad",
+                               f"{exc.filename}: cannot read it ({exc.strerror})")
         return step
-    if overwrite or not store.is_up_to_date(tensor, sidecar, step.source_sha, params.as_dict()):
+    if overwrite or not store.is_up_to_date(tensor, sidecar, source.sha, params.as_dict()):
         try:
-            step.result = preprocess(load_image(record.path, raw), params)
+            step.result = preprocess(load_image(record.path, source.raw, source.content), params)
         except BadImageError as exc:
-            step.outcome = Outcome(source, "bad", str(exc))
+            step.outcome = Outcome(str(record.path), "bad", str(exc))
     return step
 
 

@@ -138,14 +138,26 @@ def _header_class(path: Path, head: bytes) -> type:
                "convert it to NIfTI (.nii or .nii.gz), e.g. with dcm2niix")
 
 
-def _read_volume(path: Path, raw: bytes) -> tuple[np.ndarray, np.ndarray, np.dtype]:
-    """(float32 voxels with scaling applied, affine, stored dtype) from a file's bytes.
+def decompress(raw: bytes) -> bytes | None:
+    """The decompressed bytes of a NIfTI file's content; None when they cannot be had (then
+    :func:`load_image` says why)."""
+    try:
+        return _gunzip(raw) if raw[:2] == _GZIP_MAGIC else raw
+    except (EOFError, zlib.error, OSError, ValueError):
+        return None
+
+
+def _read_volume(path: Path, raw: bytes, content: bytes | None = None
+                 ) -> tuple[np.ndarray, np.ndarray, np.dtype]:
+    """(float32 voxels with scaling applied, affine, stored dtype) from a file's bytes
+    (``content``: those bytes decompressed already).
 
     The voxels are read straight from the decompressed bytes: one conversion to float32, no
     intermediate copies; the array keeps the file's (Fortran) voxel order.
     """
     try:
-        content = _gunzip(raw) if raw[:2] == _GZIP_MAGIC else raw
+        if content is None:
+            content = _gunzip(raw) if raw[:2] == _GZIP_MAGIC else raw
     except (EOFError, zlib.error, OSError, ValueError) as exc:
         raise _bad(path, f"is truncated or corrupt ({_describe(exc)})",
                    "copy or download it again") from exc
@@ -171,7 +183,8 @@ def _read_volume(path: Path, raw: bytes) -> tuple[np.ndarray, np.ndarray, np.dty
     return data, np.asarray(header.get_best_affine(), dtype=np.float64), dtype
 
 
-def load_image(path: str | Path, raw: bytes | None = None) -> nib.Nifti1Image:
+def load_image(path: str | Path, raw: bytes | None = None,
+               content: bytes | None = None) -> nib.Nifti1Image:
     """Read a NIfTI file fully and check that it holds one usable 3-D volume.
 
     Compression is told from the content, so gzip data named ``.nii`` loads too. A 4-D image
@@ -185,6 +198,8 @@ def load_image(path: str | Path, raw: bytes | None = None) -> nib.Nifti1Image:
         A ``.nii`` or ``.nii.gz`` file (NIfTI-1 or NIfTI-2).
     raw
         The file's bytes, when the caller has read them already (to hash them, say).
+    content
+        Those bytes decompressed, when the caller has done it already (ahead, in a thread).
 
     Returns
     -------
@@ -207,7 +222,7 @@ def load_image(path: str | Path, raw: bytes | None = None) -> nib.Nifti1Image:
     try:
         if raw is None:
             raw = path.read_bytes()
-        data, affine, source_dtype = _read_volume(path, raw)
+        data, affine, source_dtype = _read_volume(path, raw, content)
     except BadImageError:
         raise
     except (EOFError, zlib.error, gzip.BadGzipFile) as exc:

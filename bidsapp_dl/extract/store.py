@@ -71,12 +71,15 @@ def data_sha256(array: np.ndarray) -> str:
     return digest.hexdigest()
 
 
-def is_up_to_date(tensor: Path, sidecar: Path, source_sha256: str, params: dict) -> bool:
-    """True when both files exist and were made from the same source with the same parameters."""
+def is_up_to_date(tensor: Path, sidecar: Path, source_sha256: str | None, params: dict) -> bool:
+    """True when both files exist and were made from the same source with the same parameters
+    (``source_sha256=None``: from any source)."""
     meta = read_json(sidecar)
     if not meta or not tensor.is_file():
         return False
-    if meta.get("SourceSHA256") != source_sha256 or meta.get("Preprocessing") != params:
+    if source_sha256 is not None and meta.get("SourceSHA256") != source_sha256:
+        return False
+    if meta.get("Preprocessing") != params:
         return False
     # a tensor of the wrong size cannot be the one the sidecar describes
     shape, dtype = meta.get("Shape"), meta.get("DataType")
