@@ -77,9 +77,10 @@ def extract_in_order(records: Iterable[index.ImageRecord], output_dir: Path,
                      params: PreprocessingParams, overwrite: bool = False) -> Iterator[Outcome]:
     """Extract images one after another; yield each outcome once its files are written.
 
-    The writing of an image (hashing the tensor, writing it through to the disk, the sidecar,
-    the segmentation, the QC mosaic) runs in a thread while the next image is read and
-    resampled: at most two volumes are in memory. Jobs that share OUTPUT_DIR take turns per
+    Three stages overlap: a reader thread reads, hashes and decompresses the next image; the
+    caller's thread computes the current one; a writer thread finishes the previous one
+    (hashing the tensor, writing it through to the disk, the sidecar, the segmentation, the QC
+    mosaic). At most two volumes are in memory. Jobs that share OUTPUT_DIR take turns per
     image folder (the lock is held until the image's files are written): the second finds the
     image up to date, and a tensor never ends up beside the sidecar of another job's tensor.
     """
