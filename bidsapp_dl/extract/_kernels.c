@@ -46,6 +46,19 @@ get_volume(PyObject *obj, Py_buffer *view, int writable, const char *name)
     return 0;
 }
 
+/* A read-only source volume and a writable C-contiguous output; both or neither acquired. */
+static int
+get_source_output(PyObject *src_obj, Py_buffer *src, PyObject *out_obj, Py_buffer *out)
+{
+    if (get_volume(src_obj, src, 0, "source") < 0)
+        return -1;
+    if (get_volume(out_obj, out, 1, "output") < 0) {
+        PyBuffer_Release(src);
+        return -1;
+    }
+    return 0;
+}
+
 /* Per axis: 0 outside, else 1 with the lower neighbour and the weight of the upper one. */
 static inline int
 axis_weight(double c, Py_ssize_t n, Py_ssize_t *low, double *w)
@@ -152,12 +165,8 @@ trilinear(PyObject *self, PyObject *args)
                           &o[0], &o[1], &o[2], &cval))
         return NULL;
     Py_buffer src, out;
-    if (get_volume(src_obj, &src, 0, "source") < 0)
+    if (get_source_output(src_obj, &src, out_obj, &out) < 0)
         return NULL;
-    if (get_volume(out_obj, &out, 1, "output") < 0) {
-        PyBuffer_Release(&src);
-        return NULL;
-    }
     const float *in = (const float *)src.buf;
     float *res = (float *)out.buf;
     const Py_ssize_t n0 = src.shape[0], n1 = src.shape[1], n2 = src.shape[2];
@@ -264,12 +273,8 @@ block_sums(PyObject *self, PyObject *args)
     if (!PyArg_ParseTuple(args, "OO(nnn)", &src_obj, &out_obj, &st[0], &st[1], &st[2]))
         return NULL;
     Py_buffer src, out;
-    if (get_volume(src_obj, &src, 0, "source") < 0)
+    if (get_source_output(src_obj, &src, out_obj, &out) < 0)
         return NULL;
-    if (get_volume(out_obj, &out, 1, "output") < 0) {
-        PyBuffer_Release(&src);
-        return NULL;
-    }
     for (int a = 0; a < 3; a++) {
         if (st[a] < 1 || out.shape[a] * st[a] > src.shape[a]) {
             PyBuffer_Release(&src);
