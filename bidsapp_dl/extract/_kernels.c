@@ -1,10 +1,12 @@
 /* Compiled inner loops of the participant level (optional: preprocess.py falls back to numpy
  * and scipy when this module is not built).
  *
- * trilinear()  resamples a float32 volume on any affine grid in one pass, with the conventions
- *              of scipy.ndimage.affine_transform(order=1, mode="constant", prefilter=False):
+ * trilinear()  resamples a float32 volume on any affine grid, with the conventions of
+ *              scipy.ndimage.affine_transform(order=1, mode="constant", prefilter=False):
  *              a point more than 1e-6 voxel outside [0, n - 1] on any axis gets cval; inside,
- *              the 8 neighbours are weighted by products of 1-D linear weights (in double).
+ *              the 8 neighbours are weighted by products of 1-D linear weights. Oblique grids:
+ *              one pass in double, scipy's values bit for bit. Axis-aligned grids (permuted,
+ *              flipped, scaled): separable, in float32, within a float32 rounding of scipy.
  * block_sums() sums a float32 volume over blocks of steps[0] x steps[1] x steps[2] voxels.
  * shift_scale() computes (x - shift) / scale in place, clipped to [low, high] unless NaN is
  *              given: numpy's float32 arithmetic in one pass instead of three.
@@ -92,66 +94,167 @@ mix8(const float *p, Py_ssize_t t0, Py_ssize_t t1, Py_ssize_t t2, double w0, dou
     return (float)(v0 + w0 * (v1 - v0));
 }
 
-/* Axis-aligned grids (each output axis moves along one input axis: permuted, flipped, scaled):
- * the neighbours and weights of every output index are computed once per axis. perm[c] is the
- * input axis of output axis c. Same values as the general loop, bit for bit. */
+/* Axis-aligned grids (each output axis moves along one input axis: permuted, flipped, scaled).
+ * perm[c] is the input axis of output axis c. Separable, in two passes per block of BLOCK
+ * output indices along the innermost output axis (k) and ROWS along the outermost (i):
+ *   1. the input lines along perm[2] are interpolated at the block's k, for every input
+ *      position (u, v) along perm[0] and perm[1] that the block's i (and every j) reads,
+ *      into P[u][v][k] (k contiguous);
+ *   2. each output run out[i, j, k..k + BLOCK) is the bilinear mix (along perm[1], then
+ *      perm[0]) of four contiguous runs of P, computed as vectors.
+ * The input is read line by line and the output written in whole runs, whatever the two
+ * grids' orientations. The arithmetic is float32, interpolating along perm[2], perm[1], then
+ * perm[0]; every output index outside the input (more than 1e-6 voxel) gets fill. */
+#ifndef BLOCK
+#define BLOCK 32
+#endif
+#ifndef ROWS
+#define ROWS 32
+#endif
+
+struct axis_table {
+    Py_ssize_t *low;   /* lower neighbour (input index), 0 outside */
+    float *w;          /* weight of the upper neighbour */
+    Py_ssize_t first, end;  /* output indices inside the input: [first, end) */
+};
+
+static int
+axis_table_make(struct axis_table *t, Py_ssize_t d, Py_ssize_t n, double m, double o)
+{
+    t->low = (Py_ssize_t *)PyMem_RawMalloc(sizeof(Py_ssize_t) * (size_t)(d > 0 ? d : 1));
+    t->w = (float *)PyMem_RawMalloc(sizeof(float) * (size_t)(d > 0 ? d : 1));
+    if (t->low == NULL || t->w == NULL)
+        return -1;
+    t->first = d;
+    t->end = 0;
+    for (Py_ssize_t x = 0; x < d; x++) {
+        Py_ssize_t low = 0;
+        double w = 0.0;
+        if (axis_weight(m * x + o, n, &low, &w)) {
+            /* linear in x: the inside indices are one interval */
+            if (x < t->first)
+                t->first = x;
+            t->end = x + 1;
+        }
+        t->low[x] = low;
+        t->w[x] = (float)w;
+    }
+    if (t->first >= t->end)
+        t->first = t->end = 0;
+    return 0;
+}
+
+static void
+axis_table_free(struct axis_table *t)
+{
+    PyMem_RawFree(t->low);
+    PyMem_RawFree(t->w);
+}
+
 static int
 trilinear_axes(const float *in, const Py_ssize_t *n, const Py_ssize_t *s, float *res,
                const Py_ssize_t *d, const double *m, const double *o, const int *perm, float fill)
 {
-    Py_ssize_t *off[3] = {NULL, NULL, NULL};
-    double *wt[3] = {NULL, NULL, NULL};
-    char *ok[3] = {NULL, NULL, NULL};
+    struct axis_table tab[3] = {{NULL, NULL, 0, 0}, {NULL, NULL, 0, 0}, {NULL, NULL, 0, 0}};
+    float *P = NULL;
     int failed = 0;
-    for (int c = 0; c < 3 && !failed; c++) {
-        off[c] = (Py_ssize_t *)PyMem_RawMalloc(sizeof(Py_ssize_t) * (size_t)d[c]);
-        wt[c] = (double *)PyMem_RawMalloc(sizeof(double) * (size_t)d[c]);
-        ok[c] = (char *)PyMem_RawMalloc((size_t)d[c]);
-        failed = off[c] == NULL || wt[c] == NULL || ok[c] == NULL;
-        if (failed)
-            break;
-        const int a = perm[c];
-        for (Py_ssize_t x = 0; x < d[c]; x++) {
-            Py_ssize_t low = 0;
-            double w = 0.0;
-            ok[c][x] = (char)axis_weight(m[3 * a + c] * x + o[a], n[a], &low, &w);
-            off[c][x] = low * s[a];
-            wt[c][x] = w;
+    for (int c = 0; c < 3 && !failed; c++)
+        failed = axis_table_make(&tab[c], d[c], n[perm[c]], m[3 * perm[c] + c], o[perm[c]]) < 0;
+    const Py_ssize_t total = d[0] * d[1] * d[2];
+    const int A0 = perm[0], A1 = perm[1], A2 = perm[2];
+    /* a single voxel along an input axis: both neighbours are that voxel */
+    const Py_ssize_t du = n[A0] > 1, dv = n[A1] > 1, t2 = n[A2] > 1 ? s[A2] : 0;
+    const Py_ssize_t i0 = tab[0].first, i1 = tab[0].end, j0 = tab[1].first, j1 = tab[1].end;
+    const Py_ssize_t k0 = tab[2].first, k1 = tab[2].end;
+    const int empty = i0 >= i1 || j0 >= j1 || k0 >= k1;
+    /* the rows of P along perm[1]: every v that an inside j reads */
+    Py_ssize_t vlo = 0, nv = 0, nu_max = 0;
+    if (!failed && !empty) {
+        Py_ssize_t vhi = 0;
+        vlo = n[A1];
+        for (Py_ssize_t j = j0; j < j1; j++) {
+            if (tab[1].low[j] < vlo) vlo = tab[1].low[j];
+            if (tab[1].low[j] + dv > vhi) vhi = tab[1].low[j] + dv;
+        }
+        nv = vhi - vlo + 1;
+        for (Py_ssize_t ti = i0; ti < i1; ti += ROWS) {
+            const Py_ssize_t ei = ti + ROWS < i1 ? ti + ROWS : i1;
+            Py_ssize_t ulo = n[A0], uhi = 0;
+            for (Py_ssize_t i = ti; i < ei; i++) {
+                if (tab[0].low[i] < ulo) ulo = tab[0].low[i];
+                if (tab[0].low[i] + du > uhi) uhi = tab[0].low[i] + du;
+            }
+            if (uhi - ulo + 1 > nu_max) nu_max = uhi - ulo + 1;
+        }
+        P = (float *)PyMem_RawMalloc(sizeof(float) * (size_t)(nu_max * nv * BLOCK));
+        failed = P == NULL;
+    }
+    if (failed || empty) {
+        if (!failed)
+            for (Py_ssize_t x = 0; x < total; x++)
+                res[x] = fill;
+        goto done;
+    }
+    /* outside the inside box: fill */
+    for (Py_ssize_t i = 0; i < d[0]; i++) {
+        for (Py_ssize_t j = 0; j < d[1]; j++) {
+            float *row = res + (i * d[1] + j) * d[2];
+            if (i < i0 || i >= i1 || j < j0 || j >= j1) {
+                for (Py_ssize_t k = 0; k < d[2]; k++)
+                    row[k] = fill;
+            } else {
+                for (Py_ssize_t k = 0; k < k0; k++)
+                    row[k] = fill;
+                for (Py_ssize_t k = k1; k < d[2]; k++)
+                    row[k] = fill;
+            }
         }
     }
-    if (!failed) {
-        Py_ssize_t t[3];
-        for (int a = 0; a < 3; a++)
-            t[a] = n[a] > 1 ? s[a] : 0;
-        for (Py_ssize_t i = 0; i < d[0]; i++) {
-            for (Py_ssize_t j = 0; j < d[1]; j++) {
-                float *row = res + (i * d[1] + j) * d[2];
-                if (!ok[0][i] || !ok[1][j]) {
-                    for (Py_ssize_t k = 0; k < d[2]; k++)
-                        row[k] = fill;
-                    continue;
-                }
-                const float *base = in + off[0][i] + off[1][j];
-                double w[3];
-                w[perm[0]] = wt[0][i];
-                w[perm[1]] = wt[1][j];
-                const int a2 = perm[2];
-                for (Py_ssize_t k = 0; k < d[2]; k++) {
-                    if (!ok[2][k]) {
-                        row[k] = fill;
-                        continue;
+    for (Py_ssize_t ti = i0; ti < i1; ti += ROWS) {
+        const Py_ssize_t ei = ti + ROWS < i1 ? ti + ROWS : i1;
+        Py_ssize_t ulo = n[A0], uhi = 0;
+        for (Py_ssize_t i = ti; i < ei; i++) {
+            if (tab[0].low[i] < ulo) ulo = tab[0].low[i];
+            if (tab[0].low[i] + du > uhi) uhi = tab[0].low[i] + du;
+        }
+        for (Py_ssize_t tk = k0; tk < k1; tk += BLOCK) {
+            const Py_ssize_t len = tk + BLOCK < k1 ? BLOCK : k1 - tk;
+            const Py_ssize_t *zl = tab[2].low + tk;
+            const float *zw = tab[2].w + tk;
+            /* 1. along perm[2], for every (u, v) the tile reads */
+            for (Py_ssize_t v = vlo; v < vlo + nv; v++) {
+                for (Py_ssize_t u = ulo; u <= uhi; u++) {
+                    const float *line = in + u * s[A0] + v * s[A1];
+                    float *p = P + ((u - ulo) * nv + (v - vlo)) * BLOCK;
+                    for (Py_ssize_t k = 0; k < len; k++) {
+                        const float *q = line + zl[k] * s[A2];
+                        p[k] = q[0] + zw[k] * (q[t2] - q[0]);
                     }
-                    w[a2] = wt[2][k];
-                    row[k] = mix8(base + off[2][k], t[0], t[1], t[2], w[0], w[1], w[2]);
+                }
+            }
+            /* 2. along perm[1], then perm[0], a run of len outputs at a time */
+            for (Py_ssize_t i = ti; i < ei; i++) {
+                const float wx = tab[0].w[i];
+                const float *pu = P + (tab[0].low[i] - ulo) * nv * BLOCK;
+                const float *pu1 = pu + du * nv * BLOCK;
+                for (Py_ssize_t j = j0; j < j1; j++) {
+                    const float wy = tab[1].w[j];
+                    const Py_ssize_t r = (tab[1].low[j] - vlo) * BLOCK, r1 = r + dv * BLOCK;
+                    const float *a0 = pu + r, *a1 = pu + r1, *b0 = pu1 + r, *b1 = pu1 + r1;
+                    float *out = res + (i * d[1] + j) * d[2] + tk;
+                    for (Py_ssize_t k = 0; k < len; k++) {
+                        const float a = a0[k] + wy * (a1[k] - a0[k]);
+                        const float b = b0[k] + wy * (b1[k] - b0[k]);
+                        out[k] = a + wx * (b - a);
+                    }
                 }
             }
         }
     }
-    for (int c = 0; c < 3; c++) {
-        PyMem_RawFree(off[c]);
-        PyMem_RawFree(wt[c]);
-        PyMem_RawFree(ok[c]);
-    }
+done:
+    PyMem_RawFree(P);
+    for (int c = 0; c < 3; c++)
+        axis_table_free(&tab[c]);
     return failed ? -1 : 0;
 }
 

@@ -80,6 +80,29 @@ def test_trilinear_axis_aligned_path_equals_scipy(layout):
     np.testing.assert_array_equal(out, data[3:9, 2:7, 1:5])
 
 
+def test_trilinear_axis_aligned_path_across_its_blocks():
+    """Grids larger than the blocks the axis-aligned path works in (32 output rows and runs),
+    on flipped and permuted axes of strided and one-voxel-thick inputs, partly outside."""
+    kernels = _kernels()
+    rng = np.random.default_rng(8)
+    base = rng.normal(800.0, 300.0, size=(70, 64, 90)).astype(np.float32)
+    inputs = [np.asfortranarray(base), base[::-1, ::2, 3:], base[:, 5:6, :], base[:1, :, :1]]
+    for data in inputs:
+        for _ in range(6):
+            perm = rng.permutation(3)
+            matrix = np.zeros((3, 3))
+            for c in range(3):
+                matrix[perm[c], c] = rng.choice([-1.0, 1.0]) * rng.choice([0.625, 0.8125, 1.5])
+            shape = tuple(int(n) for n in rng.integers(33, 110, 3))
+            offset = np.array([rng.uniform(-10.0, data.shape[perm[c]] + 10.0) for c in range(3)])
+            offset = offset[np.argsort(perm)]  # offset is indexed by input axis
+            out = np.empty(shape, np.float32)
+            kernels.trilinear(data, out, tuple(matrix.ravel()), tuple(offset), -2.0)
+            expected = _scipy(data, matrix, offset, shape, -2.0)
+            np.testing.assert_allclose(out, expected, rtol=2e-6, atol=1e-3)
+            assert np.array_equal(out == -2.0, expected == -2.0)  # the same points outside
+
+
 def test_trilinear_single_voxel_axis_and_edges():
     """An axis one voxel thick is constant along it; the last voxel of an axis is reached
     exactly, and a point just beyond it is background."""

@@ -5,6 +5,7 @@ from __future__ import annotations
 import gzip
 import json
 import os
+import zlib
 
 import nibabel as nib
 import numpy as np
@@ -12,6 +13,7 @@ import pytest
 from nibabel.testing import data_path
 
 from bidsapp_dl.errors import BadImageError, DataError, InputMissingError, UsageError
+from bidsapp_dl.extract import preprocess as pp
 from bidsapp_dl.extract.preprocess import (
     Preprocessed,
     PreprocessingParams,
@@ -377,3 +379,28 @@ def test_fortran_and_c_ordered_volumes_preprocess_to_the_same_bytes(tmp_path):
     a, b = preprocess(img, params), preprocess(c_img, params)
     assert a.data.tobytes() == b.data.tobytes()
     np.testing.assert_array_equal(a.affine, b.affine)
+
+
+def test_gunzip_takes_every_member_and_refuses_corrupt_data(monkeypatch):
+    """The one-buffer path serves single-member files; several members (bgzip-like, of equal
+    sizes), a trailer whose size lies and corrupt data give what gzip gives, or an error."""
+    rng = np.random.default_rng(4)
+    payload = rng.integers(0, 40, 300_000, dtype=np.int16).tobytes()
+    single = gzip.compress(payload, mtime=0)
+    assert pp.igzip is not None, "isal is a dependency"
+    with monkeypatch.context() as patch:  # a single member never needs the general path
+        patch.setattr(pp.igzip, "decompress", lambda raw: pytest.fail("general path taken"))
+        assert pp._gunzip(single) == payload
+    halves = gzip.compress(payload[:300_000], mtime=0) + gzip.compress(payload[300_000:], mtime=0)
+    assert pp._gunzip(halves) == payload  # each member is as long as the other
+    lying = single[:-4] + (len(payload) - 16).to_bytes(4, "little")
+    with pytest.raises(Exception, match="(?i)length|size|incorrect"):
+        gzip.decompress(lying)
+    with pytest.raises(Exception, match="(?i)length|size|incorrect"):
+        pp._gunzip(lying)
+    corrupt = bytearray(single)
+    corrupt[len(corrupt) // 2] ^= 0xFF
+    with pytest.raises((EOFError, OSError, ValueError, zlib.error)):
+        pp._gunzip(bytes(corrupt))
+    assert pp.decompress(bytes(corrupt)) is None
+    assert pp.decompress(single[: len(single) // 2]) is None  # truncated

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import errno
 import json
 import multiprocessing as mp
+import os
 from pathlib import Path
 
 import numpy as np
@@ -42,6 +44,53 @@ def test_tensor_round_trip_with_numpy_alone(tmp_path):
     assert isinstance(mapped, np.memmap) and mapped.dtype == np.float16
     np.testing.assert_array_equal(mapped, data)
     assert list(path.parent.iterdir()) == [path]  # no temporary file left
+
+
+def _direct_io_works(folder: Path) -> bool:
+    try:
+        fd = os.open(folder / "probe", os.O_WRONLY | os.O_CREAT | os.O_DIRECT, 0o644)
+    except (AttributeError, OSError):
+        return False
+    os.close(fd)
+    (folder / "probe").unlink()
+    return True
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float16, np.int16])
+def test_aligned_tensors_go_by_direct_io_and_read_back_as_any_npy(tmp_path, monkeypatch, dtype):
+    """An array from empty_aligned is written by direct I/O where the file system allows it:
+    the same file, byte for byte, as the usual write of the same voxels from memory that is not
+    aligned, readable by np.load (mapped too), its voxels one page into the file. A file
+    system that refuses direct I/O gets the usual write."""
+    rng = np.random.default_rng(1)
+    aligned = store.empty_aligned((37, 41, 29), dtype)  # not a whole number of blocks
+    aligned[...] = rng.normal(0, 100, aligned.shape).astype(dtype)
+    assert aligned.ctypes.data % store.ALIGN == 0 and aligned.flags.c_contiguous
+    buffer = np.empty(aligned.nbytes + store.ALIGN, np.uint8)
+    skew = next(k for k in (8, 16, 24) if (buffer.ctypes.data + k) % store.ALIGN)
+    unaligned = buffer[skew:skew + aligned.nbytes].view(dtype).reshape(aligned.shape)
+    unaligned[...] = aligned
+    taken = []
+    original = store._write_direct
+    monkeypatch.setattr(store, "_write_direct", lambda *a: taken.append(original(*a)) or taken[-1])
+    digest = store.write_tensor(tmp_path / "a.npy", aligned)
+    assert store.write_tensor(tmp_path / "b.npy", unaligned) == digest
+    assert taken == [_direct_io_works(tmp_path), False]
+    assert (tmp_path / "a.npy").read_bytes() == (tmp_path / "b.npy").read_bytes()
+    mapped = np.load(tmp_path / "a.npy", mmap_mode="r")
+    assert mapped.offset == store.ALIGN and mapped.dtype == dtype
+    np.testing.assert_array_equal(mapped, aligned)
+    real_open = os.open
+
+    def no_direct(path, flags, *args):
+        if flags & getattr(os, "O_DIRECT", 0):
+            raise OSError(errno.EINVAL, "Invalid argument")
+        return real_open(path, flags, *args)
+
+    monkeypatch.setattr(os, "open", no_direct)
+    store.write_tensor(tmp_path / "c.npy", aligned)
+    assert taken[-1] is False
+    assert (tmp_path / "c.npy").read_bytes() == (tmp_path / "a.npy").read_bytes()
 
 
 def test_data_hash_depends_on_content_dtype_and_shape():
