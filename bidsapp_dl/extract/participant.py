@@ -228,6 +228,12 @@ def _write(step: _Step) -> Outcome:
                    output=str(tensor))
 
 
+# images are shared out among --nprocs lanes; up to this many lanes run as threads of one
+# process (the work of an image runs mostly outside the GIL: inflating, hashing, resampling,
+# writing), more as processes of that many lanes each
+LANES_PER_PROCESS = 4
+
+
 def _run_all(records: list[index.ImageRecord], output_dir: Path, params: PreprocessingParams,
              nprocs: int, overwrite: bool) -> list[Outcome]:
     total = len(records)
@@ -244,24 +250,34 @@ def _run_all(records: list[index.ImageRecord], output_dir: Path, params: Preproc
         else:
             log.warning("[%d/%d] bad image: %s", k, total, outcome.message)
 
-    if nprocs <= 1 or total <= 1:
+    lanes = max(1, min(nprocs, total))
+    if lanes <= LANES_PER_PROCESS:
+        # one process: no fork, one warm heap, one set of first-call costs
         keep_freed_memory()
         with threadpool_limits(1):
-            for outcome in extract_in_order(records, output_dir, params, overwrite):
-                report(outcome)
+            if lanes == 1:
+                for outcome in extract_in_order(records, output_dir, params, overwrite):
+                    report(outcome)
+            else:
+                tasks: queue.Queue = queue.Queue()
+                for record in records:
+                    tasks.put(record)
+                _drive_lanes(tasks, lanes, output_dir, params, overwrite, report)
         return outcomes
-    # each process takes the next image from a queue and sends back each outcome as its
-    # files are written: images are shared out as processes become free
+    # each process runs up to LANES_PER_PROCESS lanes, each taking the next image from a queue
+    # and sending back each outcome as its files are written
     context = multiprocessing.get_context()
     tasks, results = context.Queue(), context.Queue()
-    nprocs = min(nprocs, total)
+    shares = [LANES_PER_PROCESS] * (lanes // LANES_PER_PROCESS)
+    if lanes % LANES_PER_PROCESS:
+        shares.append(lanes % LANES_PER_PROCESS)
     for record in records:
         tasks.put(record)
-    for _ in range(nprocs):
+    for _ in range(lanes):
         tasks.put(None)
-    with ProcessPoolExecutor(max_workers=nprocs, mp_context=context, initializer=_worker_setup,
-                             initargs=(tasks, results)) as pool:
-        loops = [pool.submit(_worker_loop, output_dir, params, overwrite) for _ in range(nprocs)]
+    with ProcessPoolExecutor(max_workers=len(shares), mp_context=context,
+                             initializer=_worker_setup, initargs=(tasks, results)) as pool:
+        loops = [pool.submit(_worker_loop, output_dir, params, overwrite, n) for n in shares]
         while len(outcomes) < total:
             try:
                 report(results.get(timeout=0.5))
@@ -278,6 +294,61 @@ def _run_all(records: list[index.ImageRecord], output_dir: Path, params: Preproc
     return outcomes
 
 
+_DONE = object()
+
+
+def _drive_lanes(tasks, lanes: int, output_dir: Path, params: PreprocessingParams,
+                 overwrite: bool, report) -> None:
+    """Run ``lanes`` threads, each extracting the images it takes from ``tasks`` (a queue that
+    holds every image already), and pass each outcome to ``report`` in the calling thread. An
+    error in one lane stops the others after their current image and is raised here."""
+    import threading
+
+    outcomes: queue.Queue = queue.Queue()
+    stop = threading.Event()
+
+    def records() -> Iterator[index.ImageRecord]:
+        while not stop.is_set():
+            try:
+                record = tasks.get_nowait()
+            except queue.Empty:
+                return
+            if record is None:
+                return
+            yield record
+
+    def lane() -> None:
+        try:
+            for outcome in extract_in_order(records(), output_dir, params, overwrite):
+                outcomes.put(outcome)
+        except BaseException as exc:  # noqa: BLE001 - raised again in the calling thread
+            stop.set()
+            outcomes.put(exc)
+        finally:
+            outcomes.put(_DONE)
+
+    threads = [threading.Thread(target=lane, name=f"neurodl-lane-{k}", daemon=True)
+               for k in range(lanes)]
+    for thread in threads:
+        thread.start()
+    running, error = lanes, None
+    try:
+        while running:
+            item = outcomes.get()
+            if item is _DONE:
+                running -= 1
+            elif isinstance(item, BaseException):
+                error = error or item
+            else:
+                report(item)
+    finally:
+        stop.set()
+        for thread in threads:
+            thread.join()
+    if error is not None:
+        raise error
+
+
 _QUEUES: tuple = ()
 
 
@@ -291,15 +362,21 @@ def _worker_setup(tasks=None, results=None) -> None:
     _QUEUES = (tasks, results)
 
 
-def _worker_loop(output_dir: Path, params: PreprocessingParams, overwrite: bool) -> None:
+def _worker_loop(output_dir: Path, params: PreprocessingParams, overwrite: bool,
+                 lanes: int = 1) -> None:
     tasks, results = _QUEUES
+    _drive_lanes(_ProcessQueue(tasks), lanes, output_dir, params, overwrite, results.put)
 
-    def records() -> Iterator[index.ImageRecord]:
-        while (record := tasks.get()) is not None:
-            yield record
 
-    for outcome in extract_in_order(records(), output_dir, params, overwrite):
-        results.put(outcome)
+class _ProcessQueue:
+    """The task queue shared by processes, as the lanes of one process read it: it ends at a
+    ``None`` (one per lane is queued)."""
+
+    def __init__(self, tasks) -> None:
+        self._tasks = tasks
+
+    def get_nowait(self):
+        return self._tasks.get()
 
 
 def _write_bad_list(output_dir: Path, bad: list[Outcome]) -> Path:

@@ -45,6 +45,25 @@ def test_whole_dataset_sessions_runs_and_acquisitions(bids, tmp_path, neurodl):
     assert validation_errors(out) == []
 
 
+def test_lanes_as_threads_and_as_processes_write_the_same_files(bids, tmp_path, neurodl):
+    """Up to LANES_PER_PROCESS lanes run as threads of one process, more as processes of
+    several lanes each: every way gives the bytes of --nprocs 1."""
+    from bidsapp_dl.extract.participant import LANES_PER_PROCESS
+
+    files = {}
+    for n in (1, 2, LANES_PER_PROCESS + 2):
+        out = tmp_path / f"n{n}"
+        code, err = neurodl(bids, out, "participant", *SMALL, "--skip-bids-validation",
+                            "--nprocs", str(n))
+        assert code == 0, err
+        files[n] = {p.relative_to(out).as_posix(): p.read_bytes()
+                    for p in out.rglob("*_desc-tensor_T1w.npy")}
+        hashes = {p.name: json.loads(p.read_text())["DataSHA256"]
+                  for p in out.rglob("*_desc-tensor_T1w.json")}
+        assert len(hashes) == len(files[n]) > 8
+    assert files[2] == files[1] and files[LANES_PER_PROCESS + 2] == files[1]
+
+
 def test_world_coordinates_survive_extraction(bids, neurodl):
     """The stored affine maps a voxel to the same anatomy as in the (oblique, flipped) input."""
     out = bids / "derivatives" / "neurodl"
