@@ -75,7 +75,8 @@ class Options:
         "scratch space (default: a temporary folder)", "resources", args=["-w", "--work-dir"],
         metavar="DIR"))
     nprocs: Optional[int] = field(default=None, metadata=_opt(
-        "number of processes (default: the CPUs available to this process)", "resources",
+        "images extracted at once, one CPU each: threads of one process up to 4, processes "
+        "beyond (default: the CPUs available to this process)", "resources",
         args=["--nprocs", "--n-cpus", "--n_cpus"], metavar="N"))
     device: str = field(default="auto", metadata=_opt(
         "auto, cpu, cuda or cuda:N", "resources"))
