@@ -13,6 +13,7 @@ import logging
 import multiprocessing
 import os
 import queue
+import threading
 import time
 from collections.abc import Iterable, Iterator
 from concurrent.futures import Future, ProcessPoolExecutor, ThreadPoolExecutor
@@ -302,8 +303,6 @@ def _drive_lanes(tasks, lanes: int, output_dir: Path, params: PreprocessingParam
     """Run ``lanes`` threads, each extracting the images it takes from ``tasks`` (a queue that
     holds every image already), and pass each outcome to ``report`` in the calling thread. An
     error in one lane stops the others after their current image and is raised here."""
-    import threading
-
     outcomes: queue.Queue = queue.Queue()
     stop = threading.Event()
 
