@@ -151,6 +151,20 @@ axis_table_free(struct axis_table *t)
     PyMem_RawFree(t->w);
 }
 
+/* the input indices that outputs [from, to) read along one axis: [*lo, *hi] (each output
+ * reads low[x] and low[x] + step) */
+static void
+read_range(const Py_ssize_t *low, Py_ssize_t from, Py_ssize_t to, Py_ssize_t step,
+           Py_ssize_t *lo, Py_ssize_t *hi)
+{
+    *lo = low[from];
+    *hi = low[from] + step;
+    for (Py_ssize_t x = from; x < to; x++) {
+        if (low[x] < *lo) *lo = low[x];
+        if (low[x] + step > *hi) *hi = low[x] + step;
+    }
+}
+
 static int
 trilinear_axes(const float *in, const Py_ssize_t *n, const Py_ssize_t *s, float *res,
                const Py_ssize_t *d, const double *m, const double *o, const int *perm, float fill)
@@ -170,20 +184,11 @@ trilinear_axes(const float *in, const Py_ssize_t *n, const Py_ssize_t *s, float 
     /* the rows of P along perm[1]: every v that an inside j reads */
     Py_ssize_t vlo = 0, nv = 0, nu_max = 0;
     if (!failed && !empty) {
-        Py_ssize_t vhi = 0;
-        vlo = n[A1];
-        for (Py_ssize_t j = j0; j < j1; j++) {
-            if (tab[1].low[j] < vlo) vlo = tab[1].low[j];
-            if (tab[1].low[j] + dv > vhi) vhi = tab[1].low[j] + dv;
-        }
+        Py_ssize_t vhi, ulo, uhi;
+        read_range(tab[1].low, j0, j1, dv, &vlo, &vhi);
         nv = vhi - vlo + 1;
         for (Py_ssize_t ti = i0; ti < i1; ti += ROWS) {
-            const Py_ssize_t ei = ti + ROWS < i1 ? ti + ROWS : i1;
-            Py_ssize_t ulo = n[A0], uhi = 0;
-            for (Py_ssize_t i = ti; i < ei; i++) {
-                if (tab[0].low[i] < ulo) ulo = tab[0].low[i];
-                if (tab[0].low[i] + du > uhi) uhi = tab[0].low[i] + du;
-            }
+            read_range(tab[0].low, ti, ti + ROWS < i1 ? ti + ROWS : i1, du, &ulo, &uhi);
             if (uhi - ulo + 1 > nu_max) nu_max = uhi - ulo + 1;
         }
         P = (float *)PyMem_RawMalloc(sizeof(float) * (size_t)(nu_max * nv * BLOCK));
@@ -212,11 +217,8 @@ trilinear_axes(const float *in, const Py_ssize_t *n, const Py_ssize_t *s, float 
     }
     for (Py_ssize_t ti = i0; ti < i1; ti += ROWS) {
         const Py_ssize_t ei = ti + ROWS < i1 ? ti + ROWS : i1;
-        Py_ssize_t ulo = n[A0], uhi = 0;
-        for (Py_ssize_t i = ti; i < ei; i++) {
-            if (tab[0].low[i] < ulo) ulo = tab[0].low[i];
-            if (tab[0].low[i] + du > uhi) uhi = tab[0].low[i] + du;
-        }
+        Py_ssize_t ulo, uhi;
+        read_range(tab[0].low, ti, ei, du, &ulo, &uhi);
         for (Py_ssize_t tk = k0; tk < k1; tk += BLOCK) {
             const Py_ssize_t len = tk + BLOCK < k1 ? BLOCK : k1 - tk;
             const Py_ssize_t *zl = tab[2].low + tk;
