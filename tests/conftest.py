@@ -9,6 +9,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from bidsapp_dl.bids.validate import validator_command
@@ -62,6 +63,15 @@ def run_script(*args: object, **kwargs) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, str(ROOT / "run.py"), *map(str, args)],
                           capture_output=True, text=True, **kwargs)
 
+
+def axis_aligned_matrix(rng: np.random.Generator, scales: list[float]) -> tuple[np.ndarray, np.ndarray]:
+    """A random mapping that only permutes, flips and scales axes (by ``scales``), and its
+    permutation: output axis c moves along input axis perm[c]."""
+    perm = rng.permutation(3)
+    matrix = np.zeros((3, 3))
+    for c in range(3):
+        matrix[perm[c], c] = rng.choice([-1.0, 1.0]) * rng.choice(scales)
+    return matrix, perm
 
 def validation_errors(dataset: Path) -> list[str]:
     """Errors that bids-validator-deno finds in a dataset (warnings ignored)."""

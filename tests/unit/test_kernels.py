@@ -13,6 +13,8 @@ from scipy import ndimage
 
 from bidsapp_dl.extract import preprocess as pp
 
+from ..conftest import axis_aligned_matrix
+
 
 def _kernels():
     assert pp._kernels is not None, (
@@ -65,10 +67,8 @@ def test_trilinear_axis_aligned_path_equals_scipy(layout):
     for _ in range(60):
         data = rng.normal(50.0, 20.0, size=(21, 17, 25)).astype(np.float32)
         data = np.asfortranarray(data) if layout == "F" else data
-        perm = rng.permutation(3)
-        matrix = np.zeros((3, 3))
-        for c in range(3):  # binary fractions: no sample point within rounding of an edge
-            matrix[perm[c], c] = rng.choice([-1.0, 1.0]) * rng.choice([0.375, 0.5, 1.0, 1.25, 2.0])
+        # binary fractions: no sample point within rounding of an edge
+        matrix, _ = axis_aligned_matrix(rng, [0.375, 0.5, 1.0, 1.25, 2.0])
         offset = rng.uniform(-8.0, 30.0, 3)
         shape = tuple(int(n) for n in rng.integers(2, 40, 3))
         out = np.empty(shape, np.float32)
@@ -89,10 +89,7 @@ def test_trilinear_axis_aligned_path_across_its_blocks():
     inputs = [np.asfortranarray(base), base[::-1, ::2, 3:], base[:, 5:6, :], base[:1, :, :1]]
     for data in inputs:
         for _ in range(6):
-            perm = rng.permutation(3)
-            matrix = np.zeros((3, 3))
-            for c in range(3):
-                matrix[perm[c], c] = rng.choice([-1.0, 1.0]) * rng.choice([0.625, 0.8125, 1.5])
+            matrix, perm = axis_aligned_matrix(rng, [0.625, 0.8125, 1.5])
             shape = tuple(int(n) for n in rng.integers(33, 110, 3))
             offset = np.array([rng.uniform(-10.0, data.shape[perm[c]] + 10.0) for c in range(3)])
             offset = offset[np.argsort(perm)]  # offset is indexed by input axis

@@ -21,6 +21,8 @@ from bidsapp_dl.extract.preprocess import (
     preprocess,
 )
 
+from ..conftest import axis_aligned_matrix
+
 HEAD_CENTRE = np.array([10.0, -20.0, 15.0])  # world mm
 SEMI_AXES = np.array([65.0, 85.0, 75.0])
 ARRAY_CENTRE = HEAD_CENTRE + np.array([-30.0, 30.0, -40.0])  # the head sits off-centre
@@ -354,10 +356,8 @@ def test_axis_aligned_resampling_equals_scipy_trilinear(layout):
     for _ in range(60):
         data = rng.normal(100.0, 30.0, size=(23, 31, 27)).astype(np.float32)
         data = np.asfortranarray(data) if layout == "F" else data
-        perm = rng.permutation(3)
-        matrix = np.zeros((3, 3))
-        for c in range(3):  # binary fractions: no sample point within rounding of an edge
-            matrix[perm[c], c] = rng.choice([-1.0, 1.0]) * rng.choice([0.375, 0.5, 0.75, 1.0, 1.25, 2.0])
+        # binary fractions: no sample point within rounding of an edge
+        matrix, _ = axis_aligned_matrix(rng, [0.375, 0.5, 0.75, 1.0, 1.25, 2.0])
         offset = rng.uniform(-8.0, 35.0, 3)
         if rng.random() < 0.3:
             offset = np.round(offset)  # whole-voxel shifts: a plain copy
