@@ -15,7 +15,7 @@ import struct
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import nibabel as nib
 import numpy as np
@@ -310,6 +310,28 @@ def _block_means(data: np.ndarray, zooms: np.ndarray) -> tuple[np.ndarray, np.nd
     return (means.T if flip else means), steps
 
 
+def _percentiles(volume: np.ndarray, percents: float | tuple[float, ...], step: int = 1,
+                 above: float | None = None) -> tuple[int, Any]:
+    """numpy's percentiles (method "linear") of ``volume[::step, ::step, ::step]``, over its
+    values ``> above`` only when given; returns how many values there were and what
+    ``np.percentile`` gives for them (a float32 for one float percent, float64 for a tuple;
+    nothing when there were none). The compiled kernel selects the order statistics without
+    copying or partitioning the values: the same numbers, several times faster."""
+    weak = isinstance(percents, (int, float))
+    wanted = (float(percents),) if weak else tuple(float(p) for p in percents)
+    if _kernels is not None and volume.dtype == np.float32 and volume.ndim == 3:
+        n, values = _kernels.percentiles(volume, (step,) * 3,
+                                         math.nan if above is None else float(above), wanted, weak)
+        if not n:
+            return 0, None
+        return n, np.float32(values[0]) if weak else np.array(values)
+    sample = volume[::step, ::step, ::step] if step > 1 else volume
+    values = sample if above is None else sample[sample > above]
+    if not values.size:
+        return 0, None
+    return values.size, np.percentile(values, percents)
+
+
 def _find_head(data: np.ndarray, affine: np.ndarray, fov_height: float) -> tuple[dict, float]:
     """Locate the head in world space; return facts for ``info`` and the foreground threshold.
 
@@ -319,7 +341,7 @@ def _find_head(data: np.ndarray, affine: np.ndarray, fov_height: float) -> tuple
     """
     zooms = np.sqrt((affine[:3, :3] ** 2).sum(axis=0))
     small, steps = _block_means(data, zooms)
-    low, high = (float(v) for v in np.percentile(small, (2.0, 99.0)))
+    low, high = (float(v) for v in _percentiles(small, (2.0, 99.0))[1])
     threshold = low + _HEAD_FRACTION * (high - low)
     labels, n = ndimage.label(small > threshold)
     if n == 0:
@@ -448,12 +470,20 @@ def _resample(data: np.ndarray, in_affine: np.ndarray, out_affine: np.ndarray,
     )
 
 
-def _shift_scale(values: np.ndarray, method: str) -> tuple[float, float]:
+def _shift_scale(vol: np.ndarray, method: str, step: int = 1,
+                 above: float | None = None) -> tuple[float, float]:
+    """The shift and scale of ``method`` from ``vol[::step, ::step, ::step]`` (its values
+    ``> above`` only, when given); (0, 0) when no value is left."""
+    if method == "robust-minmax":
+        n, values = _percentiles(vol, (0.5, 99.5), step, above)
+        if not n:
+            return 0.0, 0.0
+        low, high = values
+        return float(low), float(high - low)
+    sample = vol[::step, ::step, ::step] if step > 1 else vol
+    values = sample if above is None else sample[sample > above]
     if values.size == 0:
         return 0.0, 0.0
-    if method == "robust-minmax":
-        low, high = np.percentile(values, (0.5, 99.5))
-        return float(low), float(high - low)
     if method == "zscore":
         return float(values.mean(dtype=np.float64)), float(values.std(dtype=np.float64))
     return float(values.min()), float(values.max() - values.min())
@@ -468,14 +498,16 @@ def _normalize(vol: np.ndarray, method: str, threshold: float, name: str) -> dic
     """
     if method == "none":
         return {"normalization": "none"}
-    sample = vol
-    if vol.size > _STATS_MAX_VOXELS:  # every 8th voxel: same statistics, a fraction of the time
-        sample = vol[::2, ::2, ::2]
+    # every 8th voxel of a big volume: the same statistics, a fraction of the time
+    step = 2 if vol.size > _STATS_MAX_VOXELS else 1
     over = "volume" if method == "minmax" else "head"
-    shift, scale = _shift_scale(sample[sample > threshold] if over == "head" else vol, method)
+    if over == "head":
+        shift, scale = _shift_scale(vol, method, step, above=threshold)
+    else:
+        shift, scale = _shift_scale(vol, method)
     if not scale > 0 and over == "head":
         over = "volume"
-        shift, scale = _shift_scale(sample, method)
+        shift, scale = _shift_scale(vol, method, step)
     if not scale > 0:
         raise BadImageError(f"{name}: has constant intensity after resampling; "
                             "check the image (nothing to learn from it)")
@@ -552,7 +584,7 @@ def preprocess(img: nib.spatialimages.SpatialImage,
         fov_height = params.target_shape[2] * params.voxel_size
         head, threshold = _find_head(data, in_affine, fov_height)
         out_affine = _grid_affine(np.array(head["head_centre_mm"]), in_affine, params)
-        cval = min(0.0, float(np.percentile(data[::4, ::4, ::4], 1.0)))
+        cval = min(0.0, float(_percentiles(data, 1.0, step=4)[1]))
         vol = _resample(data, in_affine, out_affine, params.target_shape, cval)
         info["background"] = cval
     else:

@@ -237,3 +237,81 @@ def test_shift_scale_is_numpys_float32_arithmetic(bounds):
         np.clip(expected, *bounds, out=expected)
     kernels.shift_scale(volume, 12.3456, 678.9, *bounds)
     np.testing.assert_array_equal(volume, expected)
+
+
+def _value_sets(rng):
+    """Volumes whose values make order statistics hard: ties, few levels, both signs, zeros of
+    both signs, a constant, values spanning many octaves; in C, F and strided layouts."""
+    for it in range(400):
+        shape = tuple(int(n) for n in rng.integers(1, 24, 3))
+        kind = it % 6
+        if kind == 0:
+            data = rng.normal(100.0, 30.0, shape)
+        elif kind == 1:
+            data = rng.integers(-3, 4, shape)
+        elif kind == 2:
+            data = (rng.random(shape) < 0.3) * rng.choice([1.5, -2.0, 0.0])
+        elif kind == 3:
+            data = np.exp(rng.normal(0.0, 5.0, shape)) * rng.choice([-1.0, 1.0], shape)
+        elif kind == 4:
+            data = np.full(shape, 7.25)
+        else:
+            data = np.where(rng.random(shape) < 0.5, -0.0, 0.0) + (rng.random(shape) < 0.1)
+        data = data.astype(np.float32)
+        if it % 3 == 1:
+            data = np.asfortranarray(data)
+        if it % 5 == 2:
+            data = data[::-1, :, ::2]
+        yield it, data
+
+
+def test_percentiles_are_numpys():
+    """Radix selection gives np.percentile's numbers exactly: for a tuple of percents (float64
+    interpolation) and for one float (float32, as numpy does), over a strided sample and over
+    the values above a threshold (compared in float32, as numpy compares)."""
+    kernels = _kernels()
+    rng = np.random.default_rng(41)
+    checked = 0
+    for it, data in _value_sets(rng):
+        steps = tuple(int(s) for s in rng.integers(1, 4, 3))
+        above = float("nan") if it % 2 else float(rng.normal(3.0, 40.0))
+        percents = tuple(float(p) for p in rng.choice([0.0, 0.5, 1.0, 2.0, 33.3, 50.0, 99.0, 99.5, 100.0],
+                                                      size=int(rng.integers(1, 6))))
+        sample = data[::steps[0], ::steps[1], ::steps[2]]
+        values = sample if it % 2 else sample[sample > above]
+        n, got = kernels.percentiles(data, steps, above, percents, False)
+        assert n == values.size
+        if n == 0:
+            assert got == ()
+            continue
+        np.testing.assert_array_equal(np.array(got), np.percentile(values, percents))
+        _, (one,) = kernels.percentiles(data, steps, above, percents[:1], True)
+        expected = np.percentile(values, percents[0])
+        assert expected.dtype == np.float32 and np.float32(one) == expected and one == float(expected)
+        checked += 1
+    assert checked > 300
+    data = np.ones((4, 4, 4), np.float32)
+    data[1, 2, 3] = np.nan  # a NaN among all the values: NaN, as numpy says
+    n, got = kernels.percentiles(data, (1, 1, 1), float("nan"), (1.0, 50.0), False)
+    assert n == 64 and np.isnan(got).all() and np.isnan(np.percentile(data, (1.0, 50.0))).all()
+    with pytest.raises(ValueError, match="steps"):
+        kernels.percentiles(data, (0, 1, 1), float("nan"), (1.0,), False)
+
+
+def test_percentiles_helper_without_kernels_gives_the_same(monkeypatch):
+    _kernels()
+    rng = np.random.default_rng(43)
+    for it, data in _value_sets(rng):
+        if it % 7:
+            continue
+        for args in [((2.0, 99.0), 1, None), (1.0, 4, None), ((0.5, 99.5), 2, 0.5)]:
+            compiled = pp._percentiles(data, *args)
+            with monkeypatch.context() as m:
+                m.setattr(pp, "_kernels", None)
+                plain = pp._percentiles(data, *args)
+            assert compiled[0] == plain[0]
+            if plain[0]:
+                assert np.asarray(compiled[1]).dtype == np.asarray(plain[1]).dtype
+                np.testing.assert_array_equal(compiled[1], plain[1])
+            else:
+                assert compiled[1] is plain[1] is None
