@@ -213,6 +213,46 @@ oblique_avx512(const float *in, const double b[3], const double mq[3], Py_ssize_
 }
 #endif
 
+/* Ask for the input an output tile will read (its bounding box, inclusive output indices
+ * lo..hi along each output axis) to be brought into the cache, line by line along the input's
+ * axis of smallest stride: an oblique tile reads short pieces of many input lines, which the
+ * hardware prefetchers do not foresee, and waits on each (memory latency, worst when the
+ * other cores stream through the shared cache). Regions too big to be worth it are left. */
+static void
+prefetch_tile(const float *in, const Py_ssize_t n[3], const Py_ssize_t s[3], const double *m,
+              const double *o, const Py_ssize_t lo[3], const Py_ssize_t hi[3])
+{
+    Py_ssize_t from[3], to[3];
+    for (int a = 0; a < 3; a++) {
+        double low = o[a], high = o[a];
+        for (int c = 0; c < 3; c++) {
+            const double u = m[3 * a + c] * (double)lo[c], v = m[3 * a + c] * (double)hi[c];
+            low += u < v ? u : v;
+            high += u < v ? v : u;
+        }
+        if (high < 0.0 || low > (double)(n[a] - 1))
+            return;  /* all outside */
+        from[a] = low > 0.0 ? (Py_ssize_t)low : 0;
+        to[a] = high + 1.0 < (double)(n[a] - 1) ? (Py_ssize_t)high + 1 : n[a] - 1;
+    }
+    int f = 0;  /* the fast axis */
+    for (int a = 1; a < 3; a++)
+        if (llabs((long long)s[a]) < llabs((long long)s[f]))
+            f = a;
+    const int g = f == 0 ? 1 : 0, h = f == 2 ? 1 : 2;
+    const Py_ssize_t fs = llabs((long long)s[f]), step = fs >= 16 ? 1 : 16 / (fs ? fs : 1);
+    const Py_ssize_t lines = (to[g] - from[g] + 1) * (to[h] - from[h] + 1);
+    if (lines * ((to[f] - from[f]) / step + 2) > 8192)
+        return;
+    for (Py_ssize_t i = from[g]; i <= to[g]; i++)
+        for (Py_ssize_t j = from[h]; j <= to[h]; j++) {
+            const float *line = in + i * s[g] + j * s[h];
+            for (Py_ssize_t k = from[f]; k <= to[f]; k += step)
+                __builtin_prefetch(line + k * s[f], 0, 2);
+            __builtin_prefetch(line + to[f] * s[f], 0, 2);
+        }
+}
+
 /* Axis-aligned grids (each output axis moves along one input axis: permuted, flipped, scaled).
  * perm[c] is the input axis of output axis c. Separable, in two passes per block of BLOCK
  * output indices along the innermost output axis (k) and ROWS along the outermost (i):
@@ -458,6 +498,26 @@ trilinear(PyObject *self, PyObject *args)
         const Py_ssize_t ep = tp + TILE < d[P] ? tp + TILE : d[P];
         const Py_ssize_t er = tr + TILE < d[R] ? tr + TILE : d[R];
         const Py_ssize_t len = tq + TILE < d[q] ? TILE : d[q] - tq;
+        {   /* the next tile's input, while this one is computed */
+            Py_ssize_t next[3];
+            next[P] = tp;
+            next[R] = tr;
+            next[q] = tq + TILE;
+            if (next[q] >= d[q]) {
+                next[q] = 0;
+                next[R] += TILE;
+                if (next[R] >= d[R]) {
+                    next[R] = 0;
+                    next[P] += TILE;
+                }
+            }
+            if (next[P] < d[P]) {
+                Py_ssize_t last[3];
+                for (int c = 0; c < 3; c++)
+                    last[c] = (next[c] + TILE < d[c] ? next[c] + TILE : d[c]) - 1;
+                prefetch_tile(in, n, s, m, o, next, last);
+            }
+        }
         for (Py_ssize_t x = tp; x < ep; x++) {
             for (Py_ssize_t y = tr; y < er; y++) {
                 /* input coordinates at (x, y) and index 0 along q; each step adds column q */
