@@ -191,6 +191,16 @@ def test_block_sums_equal_numpy(layout):
         expected = trimmed.reshape(counts[0], steps[0], counts[1], steps[1], counts[2],
                                    steps[2]).sum(axis=(1, 3, 5), dtype=np.float64)
         np.testing.assert_allclose(out, expected, rtol=1e-5)
+        # the vectorised lines (unit stride, steps of 2 or 3) add in the general loop's order
+        inner = 0 if layout == "F" else 2
+        spread = np.zeros(data.shape[:inner] + (2 * data.shape[inner],) + data.shape[inner + 1:],
+                          np.float32, order=layout)
+        index = [slice(None)] * 3
+        index[inner] = slice(None, None, 2)
+        spread[tuple(index)] = data
+        general = np.empty(counts, np.float32)
+        kernels.block_sums(spread[tuple(index)], general, steps)
+        assert general.tobytes() == out.tobytes()
     with pytest.raises(ValueError, match="fit"):
         kernels.block_sums(np.zeros((4, 4, 4), np.float32), np.empty((3, 1, 1), np.float32),
                            (2, 2, 2))
