@@ -750,12 +750,12 @@ select_key(const uint32_t *keys, Py_ssize_t n, Py_ssize_t r, uint32_t *scratch, 
     return prefix;
 }
 
-/* found[i] = the ranks[i]-th smallest of keys[0, n), for nr <= 8 ranks; scratch holds 2n keys.
- * The first digits are counted in one pass, and the keys of the first digits wanted gathered
- * in another; the rest is done on those. */
-static void
+/* found[i] = the ranks[i]-th smallest of keys[0, n), for nr <= 8 ranks. The first digits are
+ * counted in one pass, and the keys of the first digits wanted gathered in another (into room
+ * for them alone); the rest is done on those. Returns -1 when that room cannot be had. */
+static int
 select_ranks(const uint32_t *keys, Py_ssize_t n, const Py_ssize_t *ranks, int nr,
-             uint32_t *found, uint32_t *scratch)
+             uint32_t *found)
 {
     Py_ssize_t counts[2048] = {0}, rest[8], offset[2048];
     uint32_t bin[8];
@@ -774,12 +774,16 @@ select_ranks(const uint32_t *keys, Py_ssize_t n, const Py_ssize_t *ranks, int nr
     /* where each wanted first digit's keys go in scratch (-1: not wanted) */
     for (int b = 0; b < 2048; b++)
         offset[b] = -1;
-    Py_ssize_t used = 0;
+    Py_ssize_t used = 0, largest = 0;
     for (int i = 0; i < nr; i++)
         if (offset[bin[i]] < 0) {
             offset[bin[i]] = used;
             used += counts[bin[i]];
+            largest = counts[bin[i]] > largest ? counts[bin[i]] : largest;
         }
+    uint32_t *scratch = (uint32_t *)PyMem_RawMalloc((size_t)(used + largest + 1) * sizeof(uint32_t));
+    if (scratch == NULL)
+        return -1;
     Py_ssize_t fill[2048];
     memcpy(fill, offset, sizeof fill);
     for (Py_ssize_t i = 0; i < n; i++) {
@@ -787,10 +791,12 @@ select_ranks(const uint32_t *keys, Py_ssize_t n, const Py_ssize_t *ranks, int nr
         if (offset[b] >= 0)
             scratch[fill[b]++] = keys[i];
     }
-    uint32_t *work = scratch + n;
+    uint32_t *work = scratch + used;
     for (int i = 0; i < nr; i++)
         found[i] = select_key(scratch + offset[bin[i]], counts[bin[i]], rest[i], work, 1,
                               bin[i] << key_shift[0], (key_bins[0] - 1) << key_shift[0]);
+    PyMem_RawFree(scratch);
+    return 0;
 }
 
 /* percentiles(source, steps3, above, percents, weak) -> (n, values): numpy's percentile
@@ -843,8 +849,7 @@ percentiles(PyObject *self, PyObject *args)
         m[a] = (src.shape[a] + st[a] - 1) / st[a];
         total *= m[a];
     }
-    /* the values, then room for select_ranks (twice as many) */
-    uint32_t *keys = (uint32_t *)PyMem_RawMalloc((size_t)(total ? total : 1) * 3 * sizeof(uint32_t));
+    uint32_t *keys = (uint32_t *)PyMem_RawMalloc((size_t)(total ? total : 1) * sizeof(uint32_t));
     double *values = (double *)PyMem_Malloc((size_t)(nq ? nq : 1) * sizeof(double));
     if (keys == NULL || values == NULL) {
         PyMem_RawFree(keys);
@@ -867,7 +872,7 @@ percentiles(PyObject *self, PyObject *args)
     const int all = isnan(above);
     const float limit = all ? 0.0f : (float)above;  /* compared in float32, as numpy does */
     Py_ssize_t n = 0;
-    int nan_seen = 0;
+    int nan_seen = 0, failed = 0;
 
     Py_BEGIN_ALLOW_THREADS
     for (Py_ssize_t a = 0; a < m[A]; a++)
@@ -907,7 +912,10 @@ percentiles(PyObject *self, PyObject *args)
                 ranks[2 * i + 1] = hi;
             }
             uint32_t found[8];
-            select_ranks(keys, n, ranks, 2 * count, found, keys + n);
+            if (select_ranks(keys, n, ranks, 2 * count, found) < 0) {
+                failed = 1;
+                break;
+            }
             for (int i = 0; i < count; i++) {
                 const float x = key_float(found[2 * i]), y = key_float(found[2 * i + 1]);
                 const float diff = y - x;
@@ -929,6 +937,10 @@ percentiles(PyObject *self, PyObject *args)
     PyMem_RawFree(keys);
     PyBuffer_Release(&src);
     PyMem_Free(q);
+    if (failed) {
+        PyMem_Free(values);
+        return PyErr_NoMemory();
+    }
     PyObject *result = PyTuple_New(n > 0 ? nq : 0);
     if (result == NULL) {
         PyMem_Free(values);

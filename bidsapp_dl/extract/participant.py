@@ -141,6 +141,8 @@ def _read_source(record: index.ImageRecord, output_dir: Path, params: Preprocess
     # under the image folder's lock
     if overwrite or not store.is_up_to_date(tensor, sidecar, source.sha, params.as_dict()):
         source.content = decompress(raw)
+        if source.content is not None and source.content is not raw:
+            source.raw = b""  # hashed and inflated: the compressed bytes are done with
     return source
 
 
@@ -176,7 +178,10 @@ def _compute(record: index.ImageRecord, output_dir: Path, params: PreprocessingP
         return step
     if overwrite or not store.is_up_to_date(tensor, sidecar, source.sha, params.as_dict()):
         try:
-            step.result = preprocess(load_image(record.path, source.raw, source.content), params)
+            img = load_image(record.path, source.raw, source.content)
+            # the voxels are in img now: the file's bytes need not stay while it is computed
+            source.raw, source.content = b"", None
+            step.result = preprocess(img, params)
         except BadImageError as exc:
             step.outcome = Outcome(str(record.path), "bad", str(exc))
     return step
