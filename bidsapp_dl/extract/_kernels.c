@@ -9,6 +9,7 @@
  *              processor has it, 8 points at a time: the same bytes). Axis-aligned grids (permuted,
  *              flipped, scaled): separable, in float32, within a float32 rounding of scipy.
  * block_sums() sums a float32 volume over blocks of steps[0] x steps[1] x steps[2] voxels.
+ * head_mask() keeps the largest connected component above a threshold, holes filled.
  * percentiles() gives numpy's percentiles of a strided sample of a volume (optionally of its
  *              values above a threshold) by radix selection: no copy, no partition.
  * shift_scale() computes (x - shift) / scale in place, clipped to [low, high] unless NaN is
@@ -959,6 +960,141 @@ percentiles(PyObject *self, PyObject *args)
     return Py_BuildValue("(nN)", n, result);
 }
 
+/* head_mask(volume, threshold, mask) -> n: the connected components (6-connectivity) of
+ * volume > threshold (compared in float32); mask = the largest (the first in C order among
+ * equals) with its holes filled: every voxel but the background that reaches the border.
+ * n = the number of components (0: mask left as it was). scipy's label and
+ * binary_fill_holes, in two breadth-first passes. */
+static PyObject *
+head_mask(PyObject *self, PyObject *args)
+{
+    PyObject *src_obj, *mask_obj;
+    double threshold;
+    if (!PyArg_ParseTuple(args, "OdO", &src_obj, &threshold, &mask_obj))
+        return NULL;
+    Py_buffer src, mask;
+    if (PyObject_GetBuffer(src_obj, &src, PyBUF_FORMAT | PyBUF_C_CONTIGUOUS) < 0)
+        return NULL;
+    if (PyObject_GetBuffer(mask_obj, &mask, PyBUF_FORMAT | PyBUF_C_CONTIGUOUS | PyBUF_WRITABLE) < 0) {
+        PyBuffer_Release(&src);
+        return NULL;
+    }
+    if (src.ndim != 3 || src.itemsize != 4 || strcmp(src.format, "f") != 0 || mask.ndim != 3
+        || mask.itemsize != 1 || (strcmp(mask.format, "B") != 0 && strcmp(mask.format, "?") != 0)
+        || mask.shape[0] != src.shape[0] || mask.shape[1] != src.shape[1]
+        || mask.shape[2] != src.shape[2]) {
+        PyBuffer_Release(&src);
+        PyBuffer_Release(&mask);
+        PyErr_SetString(PyExc_ValueError, "a C-contiguous 3-D float32 volume and a uint8 or "
+                        "bool mask of its shape are needed");
+        return NULL;
+    }
+    const Py_ssize_t d0 = src.shape[0], d1 = src.shape[1], d2 = src.shape[2];
+    const float *v = (const float *)src.buf;
+    unsigned char *out = (unsigned char *)mask.buf;
+    const float limit = (float)threshold;
+    /* the work runs on a copy padded with a shell of one voxel, never foreground and marked
+     * outside from the start: no neighbour needs a bounds check */
+    const Py_ssize_t p1 = d1 + 2, p2 = d2 + 2, padded = (d0 + 2) * p1 * p2;
+    if (padded > INT32_MAX) {
+        PyBuffer_Release(&src);
+        PyBuffer_Release(&mask);
+        PyErr_SetString(PyExc_ValueError, "volume too big");
+        return NULL;
+    }
+    int32_t *label = (int32_t *)PyMem_RawMalloc((size_t)padded * sizeof(int32_t));
+    int32_t *queue = (int32_t *)PyMem_RawMalloc((size_t)padded * sizeof(int32_t));
+    if (label == NULL || queue == NULL) {
+        PyMem_RawFree(label);
+        PyMem_RawFree(queue);
+        PyBuffer_Release(&src);
+        PyBuffer_Release(&mask);
+        return PyErr_NoMemory();
+    }
+    const int32_t SHELL = -1, BACK = -2;  /* label: -2 background, 0 foreground not yet seen */
+    const Py_ssize_t near[6] = {-p1 * p2, p1 * p2, -p2, p2, -1, 1};
+    int32_t n = 0, best = 0;
+    Py_ssize_t best_size = 0;
+
+    Py_BEGIN_ALLOW_THREADS
+    for (Py_ssize_t i = 0; i < padded; i++)
+        label[i] = SHELL;
+    for (Py_ssize_t a = 0; a < d0; a++)
+        for (Py_ssize_t b = 0; b < d1; b++) {
+            const float *line = v + (a * d1 + b) * d2;
+            int32_t *row = label + ((a + 1) * p1 + b + 1) * p2 + 1;
+            for (Py_ssize_t c = 0; c < d2; c++)
+                row[c] = line[c] > limit ? 0 : BACK;
+        }
+    /* 1. the components of the foreground, each by a breadth-first walk from its first voxel */
+    for (Py_ssize_t a = 0; a < d0; a++)
+        for (Py_ssize_t b = 0; b < d1; b++)
+            for (Py_ssize_t c = 0; c < d2; c++) {
+                const Py_ssize_t i = ((a + 1) * p1 + b + 1) * p2 + c + 1;
+                if (label[i] != 0)
+                    continue;
+                n++;
+                Py_ssize_t head = 0, tail = 0;
+                label[i] = n;
+                queue[tail++] = (int32_t)i;
+                while (head < tail) {
+                    const Py_ssize_t at = queue[head++];
+                    for (int k = 0; k < 6; k++)
+                        if (label[at + near[k]] == 0) {
+                            label[at + near[k]] = n;
+                            queue[tail++] = (int32_t)(at + near[k]);
+                        }
+                }
+                if (tail > best_size) {
+                    best_size = tail;
+                    best = n;
+                }
+            }
+    /* 2. what is not the largest component and reaches the border: outside (SHELL) */
+    if (n > 0) {
+        Py_ssize_t head = 0, tail = 0;
+        for (Py_ssize_t a = 0; a < d0; a++)
+            for (Py_ssize_t b = 0; b < d1; b++)
+                for (Py_ssize_t c = 0; c < d2; c++) {
+                    const int border = a == 0 || a == d0 - 1 || b == 0 || b == d1 - 1 || c == 0
+                                       || c == d2 - 1;
+                    if (!border) {  /* inside an inner line: on to its last voxel */
+                        c = d2 - 2;
+                        continue;
+                    }
+                    const Py_ssize_t i = ((a + 1) * p1 + b + 1) * p2 + c + 1;
+                    if (label[i] != best) {
+                        label[i] = SHELL;
+                        queue[tail++] = (int32_t)i;
+                    }
+                }
+        while (head < tail) {
+            const Py_ssize_t at = queue[head++];
+            for (int k = 0; k < 6; k++) {
+                const int32_t l = label[at + near[k]];
+                if (l != best && l != SHELL) {
+                    label[at + near[k]] = SHELL;
+                    queue[tail++] = (int32_t)(at + near[k]);
+                }
+            }
+        }
+        for (Py_ssize_t a = 0; a < d0; a++)
+            for (Py_ssize_t b = 0; b < d1; b++) {
+                const int32_t *row = label + ((a + 1) * p1 + b + 1) * p2 + 1;
+                unsigned char *line = out + (a * d1 + b) * d2;
+                for (Py_ssize_t c = 0; c < d2; c++)
+                    line[c] = row[c] != SHELL;
+            }
+    }
+    Py_END_ALLOW_THREADS
+
+    PyMem_RawFree(label);
+    PyMem_RawFree(queue);
+    PyBuffer_Release(&src);
+    PyBuffer_Release(&mask);
+    return PyLong_FromLong(n);
+}
+
 static PyObject *
 set_vector(PyObject *self, PyObject *args)
 {
@@ -985,6 +1121,9 @@ static PyMethodDef methods[] = {
      "percentiles(source, steps3, above, percents, weak) -> (n, values): numpy's linear "
      "percentiles of source[::s0, ::s1, ::s2] over its values > above (NaN: all), by radix "
      "selection."},
+    {"head_mask", head_mask, METH_VARARGS,
+     "head_mask(volume, threshold, mask) -> n: mask = the largest connected component of "
+     "volume > threshold, holes filled; n components."},
     {"block_sums", block_sums, METH_VARARGS,
      "block_sums(source, output, steps3): output = sums of source over blocks of steps."},
     {"shift_scale", shift_scale, METH_VARARGS,

@@ -343,18 +343,30 @@ def _find_head(data: np.ndarray, affine: np.ndarray, fov_height: float) -> tuple
     small, steps = _block_means(data, zooms)
     low, high = (float(v) for v in _percentiles(small, (2.0, 99.0))[1])
     threshold = low + _HEAD_FRACTION * (high - low)
-    labels, n = ndimage.label(small > threshold)
+    n, head = _head_mask(small, threshold)
     if n == 0:
         centre = affine[:3, :3] @ ((np.array(data.shape) - 1) / 2) + affine[:3, 3]
         return {"head_found": False, "head_centre_mm": centre.tolist()}, threshold
-    largest = np.argmax(np.bincount(labels.ravel())[1:]) + 1
-    head = _fill_holes(labels == largest)
     voxels = np.argwhere(head) * steps + (steps - 1) / 2.0
     world = voxels @ affine[:3, :3].T + affine[:3, 3]
     top = world[:, 2].max()
     centre = world[world[:, 2] >= top - fov_height].mean(axis=0)
     facts = {"head_found": True, "head_centre_mm": centre.tolist(), "head_top_mm": float(top)}
     return facts, threshold
+
+
+def _head_mask(small: np.ndarray, threshold: float) -> tuple[int, np.ndarray | None]:
+    """The number of connected components of ``small > threshold`` and the largest of them
+    (the first in C order among equals) with its holes filled; ``(0, None)`` for none."""
+    if _kernels is not None and small.dtype == np.float32 and small.flags.c_contiguous:
+        head = np.empty(small.shape, np.bool_)
+        n = _kernels.head_mask(small, threshold, head)
+        return n, head if n else None
+    labels, n = ndimage.label(small > threshold)
+    if n == 0:
+        return 0, None
+    largest = np.argmax(np.bincount(labels.ravel())[1:]) + 1
+    return n, _fill_holes(labels == largest)
 
 
 def _fill_holes(mask: np.ndarray) -> np.ndarray:
