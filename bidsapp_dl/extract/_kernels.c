@@ -9,6 +9,8 @@
  *              processor has it, 8 points at a time: the same bytes). Axis-aligned grids (permuted,
  *              flipped, scaled): separable, in float32, within a float32 rounding of scipy.
  * block_sums() sums a float32 volume over blocks of steps[0] x steps[1] x steps[2] voxels.
+ * widen()      converts stored integers to float32 (with the header's scaling) and takes
+ *              their range in the same pass.
  * head_mask() keeps the largest connected component above a threshold, holes filled.
  * percentiles() gives numpy's percentiles of a strided sample of a volume (optionally of its
  *              values above a threshold) by radix selection: no copy, no partition.
@@ -1095,6 +1097,86 @@ head_mask(PyObject *self, PyObject *args)
     return PyLong_FromLong(n);
 }
 
+/* widen(stored, out, scale, slope, shift, inter) -> (low, high): out = stored as float32,
+ * times slope when scale, plus inter when shift (float32 arithmetic: what numpy's astype,
+ * *= and += give), and the range of out, in one pass. stored: a contiguous buffer of
+ * native int8, uint8, int16, uint16 or int32. */
+/* the range is taken on the stored integers (a loop the compiler vectorises) and mapped: the
+ * float32 operations are monotonic, so the ends map to the ends (swapped by a negative slope) */
+#define WIDEN_LOOP(type)                                                        \
+    do {                                                                        \
+        const type *in = (const type *)src.buf;                                 \
+        type lo = in[0], hi = in[0];                                            \
+        for (Py_ssize_t i = 0; i < n; i++) {                                    \
+            const type v = in[i];                                               \
+            lo = v < lo ? v : lo;                                               \
+            hi = v > hi ? v : hi;                                               \
+            float x = (float)v;                                                 \
+            if (scale)                                                          \
+                x = x * slope;                                                  \
+            if (shift)                                                          \
+                x = x + inter;                                                  \
+            res[i] = x;                                                         \
+        }                                                                       \
+        low = (float)lo;                                                        \
+        high = (float)hi;                                                       \
+    } while (0)
+
+static PyObject *
+widen(PyObject *self, PyObject *args)
+{
+    PyObject *src_obj, *out_obj;
+    int scale, shift;
+    float slope, inter;
+    if (!PyArg_ParseTuple(args, "OOpfpf", &src_obj, &out_obj, &scale, &slope, &shift, &inter))
+        return NULL;
+    Py_buffer src, out;
+    if (PyObject_GetBuffer(src_obj, &src, PyBUF_FORMAT | PyBUF_C_CONTIGUOUS) < 0)
+        return NULL;
+    if (PyObject_GetBuffer(out_obj, &out, PyBUF_FORMAT | PyBUF_ANY_CONTIGUOUS | PyBUF_WRITABLE) < 0) {
+        PyBuffer_Release(&src);
+        return NULL;
+    }
+    const char *f = src.format;
+    const int kind = strcmp(f, "b") == 0 ? 1 : strcmp(f, "B") == 0 ? 2 : strcmp(f, "h") == 0 ? 3
+                     : strcmp(f, "H") == 0 ? 4 : strcmp(f, "i") == 0 ? 5 : 0;
+    const Py_ssize_t n = src.itemsize ? src.len / src.itemsize : 0;
+    if (!kind || out.itemsize != 4 || strcmp(out.format, "f") != 0 || out.len != n * 4 || n == 0) {
+        PyBuffer_Release(&src);
+        PyBuffer_Release(&out);
+        PyErr_SetString(PyExc_ValueError, "a non-empty native int8/uint8/int16/uint16/int32 "
+                        "buffer and a float32 array of as many elements are needed");
+        return NULL;
+    }
+    float *res = (float *)out.buf;
+    float low = INFINITY, high = -INFINITY;
+    Py_BEGIN_ALLOW_THREADS
+    switch (kind) {
+    case 1: WIDEN_LOOP(int8_t); break;
+    case 2: WIDEN_LOOP(uint8_t); break;
+    case 3: WIDEN_LOOP(int16_t); break;
+    case 4: WIDEN_LOOP(uint16_t); break;
+    default: WIDEN_LOOP(int32_t); break;
+    }
+    if (scale) {
+        low = low * slope;
+        high = high * slope;
+    }
+    if (shift) {
+        low = low + inter;
+        high = high + inter;
+    }
+    if (low > high) {
+        const float t = low;
+        low = high;
+        high = t;
+    }
+    Py_END_ALLOW_THREADS
+    PyBuffer_Release(&src);
+    PyBuffer_Release(&out);
+    return Py_BuildValue("(dd)", (double)low, (double)high);
+}
+
 static PyObject *
 set_vector(PyObject *self, PyObject *args)
 {
@@ -1124,6 +1206,9 @@ static PyMethodDef methods[] = {
     {"head_mask", head_mask, METH_VARARGS,
      "head_mask(volume, threshold, mask) -> n: mask = the largest connected component of "
      "volume > threshold, holes filled; n components."},
+    {"widen", widen, METH_VARARGS,
+     "widen(stored, out, scale, slope, shift, inter) -> (low, high): out = float32(stored) "
+     "[* slope] [+ inter] and its range, in one pass."},
     {"block_sums", block_sums, METH_VARARGS,
      "block_sums(source, output, steps3): output = sums of source over blocks of steps."},
     {"shift_scale", shift_scale, METH_VARARGS,

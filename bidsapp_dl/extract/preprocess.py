@@ -52,6 +52,8 @@ _CHOICES = {
 # Head detection works on ~4 mm blocks: enough to place a field of view, and block means
 # average the background noise away. The head is what exceeds 10 % of the low..high range.
 _BLOCK_MM = 4.0
+# stored types that _kernels.widen converts (numpy's type characters)
+_WIDENED = frozenset("bBhHi")
 _HEAD_FRACTION = 0.1
 _STATS_MAX_VOXELS = 2_000_000
 # The smallest field of view taken for an image of a head (a brain is over 100 mm across).
@@ -172,9 +174,9 @@ def decompress(raw: bytes) -> bytes | None:
 
 
 def _read_volume(path: Path, raw: bytes, content: bytes | None = None
-                 ) -> tuple[np.ndarray, np.ndarray, np.dtype]:
-    """(float32 voxels with scaling applied, affine, stored dtype) from a file's bytes
-    (``content``: those bytes decompressed already).
+                 ) -> tuple[np.ndarray, np.ndarray, np.dtype, tuple[float, float] | None]:
+    """(float32 voxels with scaling applied, affine, stored dtype, their range when it came
+    with the conversion) from a file's bytes (``content``: those bytes decompressed already).
 
     The voxels are read straight from the decompressed bytes: one conversion to float32, no
     intermediate copies; the array keeps the file's (Fortran) voxel order.
@@ -198,13 +200,23 @@ def _read_volume(path: Path, raw: bytes, content: bytes | None = None
         raise _bad(path, f"is truncated ({len(content)} bytes of image data; its header needs "
                    f"{needed})", "copy or download it again")
     stored = np.frombuffer(content, dtype=dtype, count=math.prod(shape), offset=offset)
-    data = stored.reshape(shape, order="F").astype(np.float32)
     slope, inter = header.get_slope_inter()
-    if slope is not None and slope != 1:
+    scale, shift = slope is not None and slope != 1, bool(inter)
+    affine = np.asarray(header.get_best_affine(), dtype=np.float64)
+    if _kernels is not None and stored.size and stored.dtype.isnative and stored.dtype.char in _WIDENED:
+        # converted, scaled and its range taken in one pass (the same float32 values)
+        data = np.empty(shape, np.float32, order="F")
+        native = stored.view(stored.dtype.newbyteorder("="))  # a plain type code for C
+        low, high = _kernels.widen(native, data.reshape(-1, order="A"), scale,
+                                   float(np.float32(slope)) if scale else 1.0, shift,
+                                   float(np.float32(inter)) if shift else 0.0)
+        return data, affine, dtype, (low, high)
+    data = stored.reshape(shape, order="F").astype(np.float32)
+    if scale:
         data *= np.float32(slope)
-    if inter:
+    if shift:
         data += np.float32(inter)
-    return data, np.asarray(header.get_best_affine(), dtype=np.float64), dtype
+    return data, affine, dtype, None
 
 
 def load_image(path: str | Path, raw: bytes | None = None,
@@ -246,7 +258,7 @@ def load_image(path: str | Path, raw: bytes | None = None,
     try:
         if raw is None:
             raw = path.read_bytes()
-        data, affine, source_dtype = _read_volume(path, raw, content)
+        data, affine, source_dtype, value_range = _read_volume(path, raw, content)
     except BadImageError:
         raise
     except (EOFError, zlib.error, gzip.BadGzipFile) as exc:
@@ -268,8 +280,11 @@ def load_image(path: str | Path, raw: bytes | None = None,
         n_nonfinite = int(data.size - np.count_nonzero(np.isfinite(data)))
     if n_nonfinite == data.size:
         raise _bad(path, "has no finite voxel (all NaN or Inf)", "check how it was produced")
-    low, high = (float(np.nanmin(data)), float(np.nanmax(data))) if n_nonfinite else \
-        (float(data.min()), float(data.max()))
+    if value_range is not None and not n_nonfinite:
+        low, high = value_range
+    else:
+        low, high = (float(np.nanmin(data)), float(np.nanmax(data))) if n_nonfinite else \
+            (float(data.min()), float(data.max()))
     if not (math.isfinite(low) and math.isfinite(high)):  # +-Inf among the voxels
         finite = data[np.isfinite(data)]
         low, high = float(finite.min()), float(finite.max())

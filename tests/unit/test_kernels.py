@@ -361,3 +361,39 @@ def test_head_mask_is_scipys_largest_component_with_holes_filled(monkeypatch):
     assert n == 1 and head[4, 4, 4] and head[1:8, 1:8, 1:8].all() and not head[0].any()
     with pytest.raises(ValueError, match="mask"):
         _kernels().head_mask(ball, 0.5, np.empty((9, 9, 8), np.uint8))
+
+
+@pytest.mark.parametrize("dtype", ["i1", "u1", "<i2", ">i2", "<u2", "<i4", "<f4", "<f8"])
+def test_loaded_voxels_and_range_are_numpys_for_every_stored_type(tmp_path, monkeypatch, dtype):
+    """Integers go through widen() (converted, scaled, range taken in one pass), other types
+    through numpy; either way the voxels and the range load_image records are what numpy's
+    astype, *= and += give, with and without scaling, negative slopes included."""
+    _kernels()
+    rng = np.random.default_rng(53)
+    info = np.iinfo(dtype) if np.dtype(dtype).kind in "iu" else None
+    low, high = (max(info.min, -30000), min(info.max, 30000)) if info else (-500.0, 4000.0)
+    stored = rng.uniform(low, high, (23, 19, 17)).astype(dtype)
+    for k, (slope, inter) in enumerate([(None, None), (1.0, 0.0), (0.37, 12.5), (-2.5, -3.0)]):
+        img = nib.Nifti1Image(stored, np.diag([3.0, 3.0, 3.0, 1.0]))
+        img.header.set_data_dtype(np.dtype(dtype))
+        if slope is not None:
+            img.header.set_slope_inter(slope, inter)
+        path = tmp_path / f"v{k}.nii"
+        img.to_filename(path)
+        loaded = pp.load_image(path)
+        with monkeypatch.context() as m:
+            m.setattr(pp, "_kernels", None)
+            plain = pp.load_image(path)
+        data, reference = np.asanyarray(loaded.dataobj), np.asanyarray(plain.dataobj)
+        assert data.dtype == np.float32 and data.flags.f_contiguous
+        assert data.tobytes(order="A") == reference.tobytes(order="A")
+        assert loaded.extra["finite_range"] == plain.extra["finite_range"]
+        assert loaded.extra["finite_range"] == (float(reference.min()), float(reference.max()))
+
+
+def test_widen_refuses_what_it_does_not_convert():
+    kernels = _kernels()
+    out = np.empty(4, np.float32)
+    for bad in (np.zeros(4, np.float32), np.zeros(4, np.int64), np.zeros(3, np.int16)):
+        with pytest.raises(ValueError, match="int16"):
+            kernels.widen(bad, out, False, 1.0, False, 0.0)
