@@ -671,6 +671,22 @@ block_sums(PyObject *self, PyObject *args)
     Py_RETURN_NONE;
 }
 
+/* element by element, so any vector width gives the same floats */
+KERNELS_CLONES
+static void
+shift_scale_run(float *v, Py_ssize_t n, float shift, float scale, int clip, float low, float high)
+{
+    if (clip) {
+        for (Py_ssize_t x = 0; x < n; x++) {
+            const float y = (v[x] - shift) / scale;
+            v[x] = y < low ? low : (y > high ? high : y);
+        }
+    } else {
+        for (Py_ssize_t x = 0; x < n; x++)
+            v[x] = (v[x] - shift) / scale;
+    }
+}
+
 static PyObject *
 shift_scale(PyObject *self, PyObject *args)
 {
@@ -685,15 +701,7 @@ shift_scale(PyObject *self, PyObject *args)
     const Py_ssize_t n = view.len / 4;
     const int clip = !isnan(low) && !isnan(high);
     Py_BEGIN_ALLOW_THREADS
-    if (clip) {
-        for (Py_ssize_t x = 0; x < n; x++) {
-            const float y = (v[x] - shift) / scale;
-            v[x] = y < low ? low : (y > high ? high : y);
-        }
-    } else {
-        for (Py_ssize_t x = 0; x < n; x++)
-            v[x] = (v[x] - shift) / scale;
-    }
+    shift_scale_run(v, n, shift, scale, clip, low, high);
     Py_END_ALLOW_THREADS
     PyBuffer_Release(&view);
     Py_RETURN_NONE;
