@@ -36,7 +36,7 @@ from ..maps.io import (
     write_json,
     write_text,
 )
-from ..memory import keep_freed_memory
+from ..memory import keep_freed_memory, skip_hugepage_hints
 from ..report import qc
 from . import store
 from .preprocess import (
@@ -260,6 +260,7 @@ def _run_all(records: list[index.ImageRecord], output_dir: Path, params: Preproc
     if lanes <= LANES_PER_PROCESS:
         # one process: no fork, one warm heap, one set of first-call costs
         keep_freed_memory()
+        skip_hugepage_hints()
         with threadpool_limits(1):
             if lanes == 1:
                 for outcome in extract_in_order(records, output_dir, params, overwrite):
@@ -363,6 +364,7 @@ def _worker_setup(tasks=None, results=None) -> None:
         os.environ[var] = "1"
     threadpool_limits(1)  # the BLAS libraries are loaded already: the variables come too late
     keep_freed_memory()
+    skip_hugepage_hints()
     _QUEUES = (tasks, results)
 
 
