@@ -44,7 +44,8 @@ from .preprocess import (
     PreprocessingParams,
     decompress,
     load_image,
-    preprocess,
+    load_volume,
+    preprocess_volume,
     resample_labels,
 )
 
@@ -178,10 +179,10 @@ def _compute(record: index.ImageRecord, output_dir: Path, params: PreprocessingP
         return step
     if overwrite or not store.is_up_to_date(tensor, sidecar, source.sha, params.as_dict()):
         try:
-            img = load_image(record.path, source.raw, source.content)
-            # the voxels are in img now: the file's bytes need not stay while it is computed
+            volume = load_volume(record.path, source.raw, source.content)
+            # the voxels have their own array now: the file's bytes need not stay meanwhile
             source.raw, source.content = b"", None
-            step.result = preprocess(img, params)
+            step.result = preprocess_volume(*volume, params)
         except BadImageError as exc:
             step.outcome = Outcome(str(record.path), "bad", str(exc))
     return step

@@ -221,12 +221,19 @@ def _read_volume(path: Path, raw: bytes, content: bytes | None = None
 
 def load_image(path: str | Path, raw: bytes | None = None,
                content: bytes | None = None) -> nib.Nifti1Image:
+    """:func:`load_volume` as a nibabel image (its ``extra`` holds the facts)."""
+    data, affine, extra = load_volume(path, raw, content)
+    return nib.Nifti1Image(data, affine, extra=extra)
+
+
+def load_volume(path: str | Path, raw: bytes | None = None,
+                content: bytes | None = None) -> tuple[np.ndarray, np.ndarray, dict]:
     """Read a NIfTI file fully and check that it holds one usable 3-D volume.
 
     Compression is told from the content, so gzip data named ``.nii`` loads too. A 4-D image
-    with a single volume is squeezed to 3-D. The returned image holds the data in memory as
-    float32 (scaling applied; NaN/Inf kept for :func:`preprocess` to count) and records the
-    source path, dtype, shape and voxel statistics in ``img.extra``.
+    with a single volume is squeezed to 3-D. The voxels come in memory as float32 (scaling
+    applied; NaN/Inf kept for :func:`preprocess` to count), with the facts: the source path,
+    dtype, shape and voxel statistics (``img.extra`` of :func:`load_image`).
 
     Parameters
     ----------
@@ -239,8 +246,8 @@ def load_image(path: str | Path, raw: bytes | None = None,
 
     Returns
     -------
-    nibabel.Nifti1Image
-        The volume, held in memory, with the file's affine.
+    tuple
+        The volume (float32, held in memory), the file's affine and the facts (``extra``).
 
     Raises
     ------
@@ -301,7 +308,7 @@ def load_image(path: str | Path, raw: bytes | None = None,
                    "check that it is the right file (not a localizer, a slab or a test image)")
     extra = {"source": str(path), "source_dtype": str(source_dtype), "source_shape": source_shape,
              "n_nonfinite": n_nonfinite, "finite_range": (low, high)}
-    return nib.Nifti1Image(data, affine, extra=extra)
+    return data, affine, extra
 
 
 def _block_means(data: np.ndarray, zooms: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -576,15 +583,25 @@ def preprocess(img: nib.spatialimages.SpatialImage,
     BadImageError
         For an image with no finite voxel or a constant intensity.
     """
+    extra = dict(getattr(img, "extra", None) or {})
+    extra["source"] = str(extra.get("source") or img.get_filename() or "image")
+    extra.setdefault("source_dtype", str(img.get_data_dtype()))
+    return preprocess_volume(np.asanyarray(img.dataobj, dtype=np.float32), img.affine, extra,
+                             params)
+
+
+def preprocess_volume(data: np.ndarray, affine: np.ndarray, extra: dict,
+                      params: PreprocessingParams | None = None) -> Preprocessed:
+    """:func:`preprocess` of a volume as :func:`load_volume` gives it (float32 voxels, the
+    affine, the facts), without a nibabel image in between."""
     params = params or PreprocessingParams()
-    extra = getattr(img, "extra", None) or {}
-    name = str(extra.get("source") or img.get_filename() or "image")
-    data = np.asanyarray(img.dataobj, dtype=np.float32)
+    name = str(extra.get("source") or "image")
+    data = np.asanyarray(data, dtype=np.float32)
     if data.ndim == 4 and data.shape[3] == 1:
         data = data[..., 0]
     if data.ndim != 3:
         raise _bad(name, f"is not a 3-D volume (shape {list(data.shape)})", "use load_image")
-    in_affine = np.asarray(img.affine, dtype=np.float64)
+    in_affine = np.asarray(affine, dtype=np.float64)
     if "n_nonfinite" in extra:  # counted by load_image
         n_nonfinite, (low, high) = extra["n_nonfinite"], extra["finite_range"]
     else:
@@ -601,7 +618,7 @@ def preprocess(img: nib.spatialimages.SpatialImage,
         raise _bad(name, f"is constant (every voxel is {low})", "check how it was produced")
     info = {
         "source_shape": list(extra.get("source_shape", data.shape)),
-        "source_dtype": str(extra.get("source_dtype", img.get_data_dtype())),
+        "source_dtype": str(extra.get("source_dtype", data.dtype)),
         "source_zooms_mm": np.sqrt((in_affine[:3, :3] ** 2).sum(axis=0)).tolist(),
         "source_orientation": "".join(nib.aff2axcodes(in_affine)),
         "source_obliquity_deg": float(np.degrees(nib.affines.obliquity(in_affine).max())),

@@ -101,7 +101,7 @@ def empty_aligned(shape: tuple[int, ...], dtype: np.dtype | type = np.float32) -
     dtype = np.dtype(dtype)
     nbytes = int(np.prod(shape)) * dtype.itemsize
     raw = np.empty(nbytes + ALIGN, dtype=np.uint8)
-    start = -raw.ctypes.data % ALIGN
+    start = -raw.__array_interface__["data"][0] % ALIGN  # (.ctypes builds ctypes objects)
     return raw[start:start + nbytes].view(dtype).reshape(shape)
 
 
