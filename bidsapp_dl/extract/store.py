@@ -9,6 +9,8 @@ from __future__ import annotations
 import errno
 import hashlib
 import os
+import threading
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -129,9 +131,33 @@ def write_tensor(path: Path, array: np.ndarray) -> str:
     raises an OSError that says so (``ndarray.tofile``, which ``np.save`` uses, drops it).
     """
     array = np.ascontiguousarray(array)
-    digest = data_sha256(array)
     header = npy_header(array)
     body = memoryview(array.reshape(-1)).cast("B")
+    # the bytes go to the disk (with direct I/O, mostly a wait on the device) while they are
+    # hashed: the two take about as long, and both run outside the GIL
+    writing = _writers().submit(_write_npy, path, header, body)
+    try:
+        digest = data_sha256(array)
+    finally:
+        writing.result()
+    return digest
+
+
+_WRITERS: tuple[int, ThreadPoolExecutor] | None = None
+_WRITERS_LOCK = threading.Lock()
+
+
+def _writers() -> ThreadPoolExecutor:
+    """This process's threads for tensor writes (made again after a fork)."""
+    global _WRITERS
+    with _WRITERS_LOCK:
+        if _WRITERS is None or _WRITERS[0] != os.getpid():
+            _WRITERS = (os.getpid(), ThreadPoolExecutor(max_workers=4,
+                                                        thread_name_prefix="neurodl-io"))
+        return _WRITERS[1]
+
+
+def _write_npy(path: Path, header: bytes, body: memoryview) -> None:
     with atomic_path(path) as tmp:
         if not _write_direct(tmp, header, body):
             with open(tmp, "wb") as fh:
@@ -140,13 +166,12 @@ def write_tensor(path: Path, array: np.ndarray) -> str:
                 fh.flush()
                 os.fsync(fh.fileno())
                 drop_cached(fh.fileno())
-    return digest
 
 
 def _write_direct(path: Path, header: bytes, body: memoryview) -> bool:
     """Write ``header`` and ``body`` to ``path`` with ``O_DIRECT`` and sync; False (nothing
     lost, the caller writes the usual way) where direct I/O is not possible here."""
-    address = np.frombuffer(body, dtype=np.uint8).ctypes.data if len(body) else 0
+    address = np.frombuffer(body, dtype=np.uint8).__array_interface__["data"][0] if len(body) else 0
     if not hasattr(os, "O_DIRECT") or address % ALIGN or len(header) % ALIGN:
         return False
     try:
