@@ -391,8 +391,18 @@ trilinear_axes(const float *in, const Py_ssize_t *n, const Py_ssize_t *s, float 
             const Py_ssize_t len = tk + BLOCK < k1 ? BLOCK : k1 - tk;
             const Py_ssize_t *zl = tab[2].low + tk;
             const float *zw = tab[2].w + tk;
-            /* 1. along perm[2], for every (u, v) the tile reads */
+            /* 1. along perm[2], for every (u, v) the tile reads; the input lines of a row
+             * v + 2 ahead are asked for meanwhile (its first and last u: a line of u fits a
+             * few cache lines when u is the contiguous axis), as the hardware does not
+             * foresee reads one plane apart */
             for (Py_ssize_t v = vlo; v < vlo + nv; v++) {
+                if (v + 2 < vlo + nv)
+                    for (Py_ssize_t k = 0; k <= len; k++) {
+                        const Py_ssize_t z = k < len ? zl[k] : zl[len - 1] + (t2 != 0);
+                        const float *ahead = in + (v + 2) * s[A1] + z * s[A2];
+                        __builtin_prefetch(ahead + ulo * s[A0], 0, 2);
+                        __builtin_prefetch(ahead + uhi * s[A0], 0, 2);
+                    }
                 for (Py_ssize_t u = ulo; u <= uhi; u++) {
                     const float *line = in + u * s[A0] + v * s[A1];
                     float *p = P + ((u - ulo) * nv + (v - vlo)) * BLOCK;
