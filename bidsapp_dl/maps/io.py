@@ -33,10 +33,14 @@ def _cannot_write(path: Path, exc: OSError) -> OutputError:
 def atomic_path(path: Path | str) -> Iterator[Path]:
     """Yield a temporary path beside ``path``; rename it onto ``path`` if the block succeeds."""
     path = Path(path)
+    # the temporary name is kept short: a name that fits must not fail for its .tmp twin
+    prefix = f".{path.name[:200]}."
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        # the temporary name is kept short: a name that fits must not fail for its .tmp twin
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name[:200]}.", suffix=".tmp", dir=path.parent)
+        try:
+            fd, tmp = tempfile.mkstemp(prefix=prefix, suffix=".tmp", dir=path.parent)
+        except FileNotFoundError:  # the folder is made only when it is missing
+            path.parent.mkdir(parents=True, exist_ok=True)
+            fd, tmp = tempfile.mkstemp(prefix=prefix, suffix=".tmp", dir=path.parent)
         os.close(fd)
     except OSError as exc:
         raise _cannot_write(path, exc) from exc
