@@ -1135,28 +1135,60 @@ head_mask(PyObject *self, PyObject *args)
     do {                                                                        \
         const type *in = (const type *)src.buf;                                 \
         type lo = in[0], hi = in[0];                                            \
-        for (Py_ssize_t i = 0; i < n; i++) {                                    \
-            const type v = in[i];                                               \
-            lo = v < lo ? v : lo;                                               \
-            hi = v > hi ? v : hi;                                               \
-            float x = (float)v;                                                 \
-            if (scale)                                                          \
-                x = x * slope;                                                  \
-            if (shift)                                                          \
-                x = x + inter;                                                  \
-            res[i] = x;                                                         \
+        for (Py_ssize_t first = 0; first < n; first += line) {                  \
+            const Py_ssize_t last = first + line < n ? first + line : n;        \
+            for (Py_ssize_t i = first; i < last; i++) {                         \
+                const type v = in[i];                                           \
+                lo = v < lo ? v : lo;                                           \
+                hi = v > hi ? v : hi;                                           \
+                float x = (float)v;                                             \
+                if (scale)                                                      \
+                    x = x * slope;                                              \
+                if (shift)                                                      \
+                    x = x + inter;                                              \
+                res[i] = x;                                                     \
+            }                                                                   \
+            if (acc != NULL)                                                    \
+                line_block_sums(res + first, first / line, dim, st, bd, acc);   \
         }                                                                       \
         low = (float)lo;                                                        \
         high = (float)hi;                                                       \
     } while (0)
 
+/* The block sums of one line (along axis 0, unit stride) of a Fortran-ordered volume of
+ * shape dim, as block_sums adds them (the same order, the same arithmetic): line index
+ * y + dim[1] z; blocks of st, bd of them along each axis; acc in block_sums' order. */
+static void
+line_block_sums(const float *line, Py_ssize_t index, const Py_ssize_t *dim, const Py_ssize_t *st,
+                const Py_ssize_t *bd, double *acc)
+{
+    const Py_ssize_t y = index % dim[1], z = index / dim[1];
+    if (z >= bd[2] * st[2] || y >= bd[1] * st[1])
+        return;
+    double *target = acc + ((z / st[2]) * bd[1] + y / st[1]) * bd[0];
+    if (st[0] == 3)
+        sum_line3(line, target, bd[0]);
+    else if (st[0] == 2)
+        sum_line2(line, target, bd[0]);
+    else
+        for (Py_ssize_t c = 0; c < bd[0]; c++) {
+            const float *q = line + c * st[0];
+            float sum = 0.0f;
+            for (Py_ssize_t e = 0; e < st[0]; e++)
+                sum += q[e];
+            target[c] += sum;
+        }
+}
+
 static PyObject *
 widen(PyObject *self, PyObject *args)
 {
-    PyObject *src_obj, *out_obj;
+    PyObject *src_obj, *out_obj, *sums_obj = Py_None;
     int scale, shift;
     float slope, inter;
-    if (!PyArg_ParseTuple(args, "OOpfpf", &src_obj, &out_obj, &scale, &slope, &shift, &inter))
+    Py_ssize_t st[3] = {1, 1, 1}, dim[3] = {0, 0, 0};
+    if (!PyArg_ParseTuple(args, "OOpfpf|O(nnn)(nnn)", &src_obj, &out_obj, &scale, &slope, &shift,
+                          &inter, &sums_obj, &st[0], &st[1], &st[2], &dim[0], &dim[1], &dim[2]))
         return NULL;
     Py_buffer src, out;
     if (PyObject_GetBuffer(src_obj, &src, PyBUF_FORMAT | PyBUF_C_CONTIGUOUS) < 0)
@@ -1178,6 +1210,41 @@ widen(PyObject *self, PyObject *args)
     }
     float *res = (float *)out.buf;
     float low = INFINITY, high = -INFINITY;
+    /* with sums: block_sums of the widened volume (Fortran order, shape dim), taken line by
+     * line while each is in the cache */
+    Py_buffer sums = {0};
+    double *acc = NULL;
+    Py_ssize_t line = n, bd[3] = {0, 0, 0};
+    if (sums_obj != Py_None) {
+        int bad = PyObject_GetBuffer(sums_obj, &sums, PyBUF_FORMAT | PyBUF_C_CONTIGUOUS
+                                     | PyBUF_WRITABLE) < 0;
+        if (!bad) {
+            bad = sums.ndim != 3 || sums.itemsize != 4 || strcmp(sums.format, "f") != 0
+                  || dim[0] * dim[1] * dim[2] != n;
+            for (int a = 0; a < 3 && !bad; a++) {
+                bd[a] = sums.shape[a];
+                bad = st[a] < 1 || bd[a] * st[a] > dim[a];
+            }
+            if (bad)
+                PyBuffer_Release(&sums);
+        }
+        const Py_ssize_t blocks = bd[0] * bd[1] * bd[2];
+        if (!bad)
+            acc = (double *)PyMem_RawCalloc((size_t)(blocks > 0 ? blocks : 1), sizeof(double));
+        if (bad || acc == NULL) {
+            PyBuffer_Release(&src);
+            PyBuffer_Release(&out);
+            if (!bad) {
+                PyBuffer_Release(&sums);
+                return PyErr_NoMemory();
+            }
+            if (!PyErr_Occurred())
+                PyErr_SetString(PyExc_ValueError, "sums: a C-contiguous 3-D float32 array of "
+                                "whole blocks of the volume's shape is needed");
+            return NULL;
+        }
+        line = dim[0];
+    }
     Py_BEGIN_ALLOW_THREADS
     switch (kind) {
     case 1: WIDEN_LOOP(int8_t); break;
@@ -1199,7 +1266,18 @@ widen(PyObject *self, PyObject *args)
         low = high;
         high = t;
     }
+    if (acc != NULL) {
+        float *to = (float *)sums.buf;
+        for (Py_ssize_t x = 0; x < bd[0]; x++)
+            for (Py_ssize_t y = 0; y < bd[1]; y++)
+                for (Py_ssize_t z = 0; z < bd[2]; z++)
+                    to[(x * bd[1] + y) * bd[2] + z] = (float)acc[(z * bd[1] + y) * bd[0] + x];
+    }
     Py_END_ALLOW_THREADS
+    if (acc != NULL) {
+        PyMem_RawFree(acc);
+        PyBuffer_Release(&sums);
+    }
     PyBuffer_Release(&src);
     PyBuffer_Release(&out);
     return Py_BuildValue("(dd)", (double)low, (double)high);

@@ -204,19 +204,27 @@ def _read_volume(path: Path, raw: bytes, content: bytes | None = None
     scale, shift = slope is not None and slope != 1, bool(inter)
     affine = np.asarray(header.get_best_affine(), dtype=np.float64)
     if _kernels is not None and stored.size and stored.dtype.isnative and stored.dtype.char in _WIDENED:
-        # converted, scaled and its range taken in one pass (the same float32 values)
+        # converted, scaled and its range taken in one pass (the same float32 values), and the
+        # head finder's block sums with them, line by line while each is in the cache
         data = np.empty(shape, np.float32, order="F")
         native = stored.view(stored.dtype.newbyteorder("="))  # a plain type code for C
+        volume = shape[:3] if len(shape) == 3 or (len(shape) == 4 and shape[3] == 1) else None
+        blocks = None
+        if volume is not None and min(volume) >= 1:
+            steps = _block_steps(volume, affine)
+            blocks = (steps, np.empty([n // k for n, k in zip(volume, steps, strict=True)],
+                                      np.float32))
+        extra = (blocks[1], steps, volume) if blocks is not None else ()
         low, high = _kernels.widen(native, data.reshape(-1, order="A"), scale,
                                    float(np.float32(slope)) if scale else 1.0, shift,
-                                   float(np.float32(inter)) if shift else 0.0)
-        return data, affine, dtype, (low, high)
+                                   float(np.float32(inter)) if shift else 0.0, *extra)
+        return data, affine, dtype, (low, high), blocks
     data = stored.reshape(shape, order="F").astype(np.float32)
     if scale:
         data *= np.float32(slope)
     if shift:
         data += np.float32(inter)
-    return data, affine, dtype, None
+    return data, affine, dtype, None, None
 
 
 def load_image(path: str | Path, raw: bytes | None = None,
@@ -265,7 +273,7 @@ def load_volume(path: str | Path, raw: bytes | None = None,
     try:
         if raw is None:
             raw = path.read_bytes()
-        data, affine, source_dtype, value_range = _read_volume(path, raw, content)
+        data, affine, source_dtype, value_range, blocks = _read_volume(path, raw, content)
     except BadImageError:
         raise
     except (EOFError, zlib.error, gzip.BadGzipFile) as exc:
@@ -308,16 +316,29 @@ def load_volume(path: str | Path, raw: bytes | None = None,
                    "check that it is the right file (not a localizer, a slab or a test image)")
     extra = {"source": str(path), "source_dtype": str(source_dtype), "source_shape": source_shape,
              "n_nonfinite": n_nonfinite, "finite_range": (low, high)}
+    if blocks is not None:
+        extra["block_sums"] = blocks  # (steps, sums): for _find_head, as _block_means gives them
     return data, affine, extra
 
 
-def _block_means(data: np.ndarray, zooms: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Average ``data`` over blocks of about ``_BLOCK_MM``; return the means and block sizes.
+def _block_steps(shape: tuple[int, ...], affine: np.ndarray) -> tuple[int, int, int]:
+    """Voxels per block along each axis: about ``_BLOCK_MM``, within the volume."""
+    zooms = np.sqrt((np.asarray(affine)[:3, :3] ** 2).sum(axis=0))
+    return tuple(int(k) for k in np.clip(np.rint(_BLOCK_MM / zooms), 1, shape[:3]).astype(int))
+
+
+def _block_means(data: np.ndarray, affine: np.ndarray,
+                 sums: tuple[tuple[int, ...], np.ndarray] | None = None
+                 ) -> tuple[np.ndarray, np.ndarray]:
+    """Average ``data`` over blocks of about ``_BLOCK_MM``; return the means and block sizes
+    (``sums``: the block sums already taken, with their steps, as load_volume gives them).
 
     The work runs in the array's memory order (a NIfTI volume is Fortran-ordered): the first
     reduction goes over whole contiguous slabs without copying the volume.
     """
-    steps = np.clip(np.rint(_BLOCK_MM / zooms), 1, data.shape).astype(int)
+    steps = np.array(_block_steps(data.shape, affine))
+    if sums is not None and tuple(sums[0]) == tuple(steps):
+        return sums[1] / np.float32(np.prod(steps)), steps
     if _kernels is not None and data.dtype == np.float32:
         sums = np.empty([n // s for n, s in zip(data.shape, steps, strict=True)], np.float32)
         _kernels.block_sums(data, sums, tuple(int(s) for s in steps))
@@ -354,15 +375,15 @@ def _percentiles(volume: np.ndarray, percents: float | tuple[float, ...], step: 
     return values.size, np.percentile(values, percents)
 
 
-def _find_head(data: np.ndarray, affine: np.ndarray, fov_height: float) -> tuple[dict, float]:
+def _find_head(data: np.ndarray, affine: np.ndarray, fov_height: float,
+               block_sums: tuple[tuple[int, ...], np.ndarray] | None = None) -> tuple[dict, float]:
     """Locate the head in world space; return facts for ``info`` and the foreground threshold.
 
     The centre is the centroid of the largest foreground component, counting only what lies
     within ``fov_height`` mm of the top of the head, so that a neck or shoulders do not drag the
     field of view down and the top of the head stays inside it.
     """
-    zooms = np.sqrt((affine[:3, :3] ** 2).sum(axis=0))
-    small, steps = _block_means(data, zooms)
+    small, steps = _block_means(data, affine, block_sums)
     low, high = (float(v) for v in _percentiles(small, (2.0, 99.0))[1])
     threshold = low + _HEAD_FRACTION * (high - low)
     n, head = _head_mask(small, threshold)
@@ -584,6 +605,7 @@ def preprocess(img: nib.spatialimages.SpatialImage,
         For an image with no finite voxel or a constant intensity.
     """
     extra = dict(getattr(img, "extra", None) or {})
+    extra.pop("block_sums", None)  # the image's voxels may have changed since they were loaded
     extra["source"] = str(extra.get("source") or img.get_filename() or "image")
     extra.setdefault("source_dtype", str(img.get_data_dtype()))
     return preprocess_volume(np.asanyarray(img.dataobj, dtype=np.float32), img.affine, extra,
@@ -609,9 +631,11 @@ def preprocess_volume(data: np.ndarray, affine: np.ndarray, extra: dict,
         low = high = None
     if n_nonfinite == data.size:
         raise _bad(name, "has no finite voxel (all NaN or Inf)", "check how it was produced")
+    blocks = extra.get("block_sums")  # taken by load_volume from these very voxels
     if n_nonfinite:
         data = np.where(np.isfinite(data), data, np.float32(0))
         low = high = None  # the zeros may widen the range
+        blocks = None
     if low is None:
         low, high = float(data.min()), float(data.max())
     if low == high:
@@ -626,13 +650,13 @@ def preprocess_volume(data: np.ndarray, affine: np.ndarray, extra: dict,
     }
     if params.preprocessing == "minimal":
         fov_height = params.target_shape[2] * params.voxel_size
-        head, threshold = _find_head(data, in_affine, fov_height)
+        head, threshold = _find_head(data, in_affine, fov_height, blocks)
         out_affine = _grid_affine(np.array(head["head_centre_mm"]), in_affine, params)
         cval = min(0.0, float(_percentiles(data, 1.0, step=4)[1]))
         vol = _resample(data, in_affine, out_affine, params.target_shape, cval)
         info["background"] = cval
     else:
-        head, threshold = _find_head(data, in_affine, math.inf)
+        head, threshold = _find_head(data, in_affine, math.inf, blocks)
         out_affine = in_affine.copy()
         vol = empty_aligned(data.shape, np.float32)
         vol[...] = data

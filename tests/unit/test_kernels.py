@@ -397,3 +397,39 @@ def test_widen_refuses_what_it_does_not_convert():
     for bad in (np.zeros(4, np.float32), np.zeros(4, np.int64), np.zeros(3, np.int16)):
         with pytest.raises(ValueError, match="int16"):
             kernels.widen(bad, out, False, 1.0, False, 0.0)
+
+
+def test_widen_takes_the_block_sums_of_what_it_widens(tmp_path):
+    """widen() with sums adds each line's blocks while the line is in the cache: the same
+    floats as block_sums of the widened volume, for any steps; load_volume hands them to the
+    head finder, which then gives what it gives without them."""
+    kernels = _kernels()
+    rng = np.random.default_rng(59)
+    for it in range(60):
+        shape = tuple(int(n) for n in rng.integers(1, 26, 3))
+        steps = tuple(int(rng.integers(1, min(5, n) + 1)) for n in shape)
+        stored = rng.integers(-3000, 3000, shape).astype(np.int16)
+        out = np.empty(shape, np.float32, order="F")
+        sums = np.empty([n // s for n, s in zip(shape, steps, strict=True)], np.float32)
+        scale = bool(it % 2)
+        kernels.widen(stored.ravel(order="F"), out.reshape(-1, order="A"), scale,
+                      0.37 if scale else 1.0, True, 2.5, sums, steps, shape)
+        expected = np.empty_like(sums)
+        kernels.block_sums(out, expected, steps)
+        assert sums.tobytes() == expected.tobytes()
+    with pytest.raises(ValueError, match="whole blocks"):
+        kernels.widen(np.zeros(64, np.int16), np.empty(64, np.float32), False, 1.0, False, 0.0,
+                      np.empty((3, 1, 1), np.float32), (2, 4, 4), (4, 4, 4))
+    head = np.zeros((40, 44, 36), np.int16)
+    head[8:32, 8:36, 6:30] = 900
+    path = tmp_path / "h.nii.gz"
+    nib.Nifti1Image(head, np.diag([4.0, 4.0, 4.0, 1.0])).to_filename(path)
+    data, affine, extra = pp.load_volume(path)
+    steps, sums = extra["block_sums"]
+    plain, plain_steps = pp._block_means(data, affine)
+    assert tuple(plain_steps) == tuple(steps)
+    assert (sums / np.float32(np.prod(steps))).tobytes() == plain.tobytes()
+    params = pp.PreprocessingParams(voxel_size=4.0, target_shape=(40, 48, 40))
+    without = {k: v for k, v in extra.items() if k != "block_sums"}
+    assert pp.preprocess_volume(data, affine, extra, params).info == \
+        pp.preprocess_volume(data, affine, without, params).info
