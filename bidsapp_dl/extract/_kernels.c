@@ -333,6 +333,7 @@ read_range(const Py_ssize_t *low, Py_ssize_t from, Py_ssize_t to, Py_ssize_t ste
     }
 }
 
+KERNELS_CLONES
 static int
 trilinear_axes(const float *in, const Py_ssize_t *n, const Py_ssize_t *s, float *res,
                const Py_ssize_t *d, const double *m, const double *o, const int *perm, float fill)
