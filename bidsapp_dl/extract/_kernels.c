@@ -44,6 +44,55 @@
 #define KERNELS_CLONES
 #endif
 
+/* Keys that sort as the floats do (for percentiles: -0.0 is made 0.0 before) */
+static inline uint32_t
+float_key(float f)
+{
+    uint32_t u;
+    memcpy(&u, &f, sizeof u);
+    return (u & 0x80000000u) ? ~u : (u | 0x80000000u);
+}
+
+static inline float
+key_float(uint32_t k)
+{
+    const uint32_t u = (k & 0x80000000u) ? (k & 0x7FFFFFFFu) : ~k;
+    float f;
+    memcpy(&f, &u, sizeof f);
+    return f;
+}
+
+/* The sample of the normalisation, taken while the output is made: the keys of the outputs at
+ * even indices along all three axes that are above limit (compared in float32): what
+ * percentiles() takes from out[::2, ::2, ::2] (in another order, which order statistics do
+ * not see). keys: room for every even position. */
+struct sample {
+    uint32_t *keys;
+    Py_ssize_t n;
+    float limit;
+};
+
+/* the even k in [first, last) of output row (i, j) (row: the row's start) */
+static inline void
+sample_run(struct sample *smp, const float *row, Py_ssize_t i, Py_ssize_t j, Py_ssize_t first,
+           Py_ssize_t last)
+{
+    if (smp == NULL || (i & 1) || (j & 1))
+        return;
+    for (Py_ssize_t k = first + (first & 1); k < last; k += 2) {
+        const float v = row[k];
+        smp->keys[smp->n] = float_key(v + 0.0f);  /* written always, kept when above */
+        smp->n += v > smp->limit;
+    }
+}
+
+/* how many even integers lie in [a, b), 0 <= a <= b */
+static inline Py_ssize_t
+evens(Py_ssize_t a, Py_ssize_t b)
+{
+    return (b + 1) / 2 - (a + 1) / 2;
+}
+
 /* Whether the oblique path may run its AVX-512 code where the processor has it: -1 not yet
  * known, 0 no, 1 yes. The results are the same bytes either way (see oblique_avx512). */
 static int use_avx512 = -1;
@@ -336,7 +385,8 @@ read_range(const Py_ssize_t *low, Py_ssize_t from, Py_ssize_t to, Py_ssize_t ste
 KERNELS_CLONES
 static int
 trilinear_axes(const float *in, const Py_ssize_t *n, const Py_ssize_t *s, float *res,
-               const Py_ssize_t *d, const double *m, const double *o, const int *perm, float fill)
+               const Py_ssize_t *d, const double *m, const double *o, const int *perm, float fill,
+               struct sample *smp)
 {
     struct axis_table tab[3] = {{NULL, NULL, 0, 0}, {NULL, NULL, 0, 0}, {NULL, NULL, 0, 0}};
     float *P = NULL;
@@ -428,11 +478,20 @@ trilinear_axes(const float *in, const Py_ssize_t *n, const Py_ssize_t *s, float 
                         const float b = b0[k] + wy * (b1[k] - b0[k]);
                         out[k] = a + wx * (b - a);
                     }
+                    sample_run(smp, res + (i * d[1] + j) * d[2], i, j, tk, tk + len);
                 }
             }
         }
     }
 done:
+    /* the even positions outside the box are fill: as many keys of it, when it is above */
+    if (smp != NULL && !failed && fill > smp->limit) {
+        const Py_ssize_t all = evens(0, d[0]) * evens(0, d[1]) * evens(0, d[2]);
+        const Py_ssize_t box = empty ? 0 : evens(i0, i1) * evens(j0, j1) * evens(k0, k1);
+        const uint32_t key = float_key(fill + 0.0f);
+        for (Py_ssize_t x = 0; x < all - box; x++)
+            smp->keys[smp->n++] = key;
+    }
     PyMem_RawFree(P);
     for (int c = 0; c < 3; c++)
         axis_table_free(&tab[c]);
@@ -442,15 +501,36 @@ done:
 static PyObject *
 trilinear(PyObject *self, PyObject *args)
 {
-    PyObject *src_obj, *out_obj;
-    double m[9], o[3], cval;
-    if (!PyArg_ParseTuple(args, "OO(ddddddddd)(ddd)d", &src_obj, &out_obj,
+    PyObject *src_obj, *out_obj, *keys_obj = Py_None;
+    double m[9], o[3], cval, limit = 0.0;
+    if (!PyArg_ParseTuple(args, "OO(ddddddddd)(ddd)d|Od", &src_obj, &out_obj,
                           &m[0], &m[1], &m[2], &m[3], &m[4], &m[5], &m[6], &m[7], &m[8],
-                          &o[0], &o[1], &o[2], &cval))
+                          &o[0], &o[1], &o[2], &cval, &keys_obj, &limit))
         return NULL;
-    Py_buffer src, out;
+    Py_buffer src, out, keys = {0};
     if (get_source_output(src_obj, &src, out_obj, &out) < 0)
         return NULL;
+    struct sample sampling = {NULL, 0, (float)limit}, *smp = NULL;
+    if (keys_obj != Py_None) {
+        const Py_ssize_t even = ((out.shape[0] + 1) / 2) * ((out.shape[1] + 1) / 2)
+                                * ((out.shape[2] + 1) / 2);
+        if (PyObject_GetBuffer(keys_obj, &keys, PyBUF_FORMAT | PyBUF_C_CONTIGUOUS
+                               | PyBUF_WRITABLE) < 0) {
+            PyBuffer_Release(&src);
+            PyBuffer_Release(&out);
+            return NULL;
+        }
+        if (keys.itemsize != 4 || strcmp(keys.format, "I") != 0 || keys.len / 4 < even) {
+            PyBuffer_Release(&keys);
+            PyBuffer_Release(&src);
+            PyBuffer_Release(&out);
+            PyErr_SetString(PyExc_ValueError, "keys: a uint32 array with room for every even "
+                            "position of the output is needed");
+            return NULL;
+        }
+        sampling.keys = (uint32_t *)keys.buf;
+        smp = &sampling;
+    }
     const float *in = (const float *)src.buf;
     float *res = (float *)out.buf;
     const Py_ssize_t n0 = src.shape[0], n1 = src.shape[1], n2 = src.shape[2];
@@ -478,12 +558,16 @@ trilinear(PyObject *self, PyObject *args)
         const Py_ssize_t n[3] = {n0, n1, n2}, s[3] = {s0, s1, s2}, d[3] = {d0, d1, d2};
         int failed;
         Py_BEGIN_ALLOW_THREADS
-        failed = trilinear_axes(in, n, s, res, d, m, o, perm, fill);
+        failed = trilinear_axes(in, n, s, res, d, m, o, perm, fill, smp);
         Py_END_ALLOW_THREADS
         PyBuffer_Release(&src);
         PyBuffer_Release(&out);
+        if (smp != NULL)
+            PyBuffer_Release(&keys);
         if (failed)
             return PyErr_NoMemory();
+        if (smp != NULL)
+            return PyLong_FromSsize_t(sampling.n);
         Py_RETURN_NONE;
     }
 
@@ -556,6 +640,7 @@ trilinear(PyObject *self, PyObject *args)
                             line[k * step] = oblique_point(in, n, s, t, top, b0 + m[q] * (k + tq),
                                                            b1 + m[3 + q] * (k + tq),
                                                            b2 + m[6 + q] * (k + tq), fill);
+                    sample_run(smp, line - tq, x, y, tq, tq + len);
                     continue;
                 }
 #endif
@@ -584,6 +669,7 @@ trilinear(PyObject *self, PyObject *args)
                                                        b1 + m[3 + q] * (k + tq),
                                                        b2 + m[6 + q] * (k + tq), fill);
                 }
+                sample_run(smp, line - tq, x, y, tq, tq + len);
             }
         }
     }
@@ -591,6 +677,10 @@ trilinear(PyObject *self, PyObject *args)
 
     PyBuffer_Release(&src);
     PyBuffer_Release(&out);
+    if (smp != NULL) {
+        PyBuffer_Release(&keys);
+        return PyLong_FromSsize_t(sampling.n);
+    }
     Py_RETURN_NONE;
 }
 
@@ -718,25 +808,8 @@ shift_scale(PyObject *self, PyObject *args)
     Py_RETURN_NONE;
 }
 
-/* Order statistics by radix selection on keys that sort as the floats do (11, 11, then 10
- * bits at a time: each histogram stays in the L1 cache). */
-static inline uint32_t
-float_key(float f)
-{
-    uint32_t u;
-    memcpy(&u, &f, sizeof u);
-    return (u & 0x80000000u) ? ~u : (u | 0x80000000u);
-}
-
-static inline float
-key_float(uint32_t k)
-{
-    const uint32_t u = (k & 0x80000000u) ? (k & 0x7FFFFFFFu) : ~k;
-    float f;
-    memcpy(&f, &u, sizeof f);
-    return f;
-}
-
+/* Order statistics by radix selection on the keys of float_key (11, 11, then 10 bits at a
+ * time: each histogram stays in the L1 cache). */
 static const int key_shift[3] = {21, 10, 0};
 static const uint32_t key_bins[3] = {2048, 2048, 1024};
 
@@ -818,6 +891,54 @@ select_ranks(const uint32_t *keys, Py_ssize_t n, const Py_ssize_t *ranks, int nr
         found[i] = select_key(scratch + offset[bin[i]], counts[bin[i]], rest[i], work, 1,
                               bin[i] << key_shift[0], (key_bins[0] - 1) << key_shift[0]);
     PyMem_RawFree(scratch);
+    return 0;
+}
+
+/* values[i] = numpy's percentile q[i] (a fraction, method "linear") of keys[0, n) (n > 0),
+ * interpolated in numpy's precision: float64, or float32 as for one Python float (weak).
+ * Returns -1 when room for the selection cannot be had. */
+static int
+key_percentiles(const uint32_t *keys, Py_ssize_t n, const double *q, Py_ssize_t nq, int weak,
+                double *values)
+{
+    for (Py_ssize_t i0 = 0; i0 < nq; i0 += 4) {  /* 4 percents (8 ranks) at a time */
+        const int count = nq - i0 < 4 ? (int)(nq - i0) : 4;
+        Py_ssize_t ranks[8];
+        double gamma[4];
+        for (int i = 0; i < count; i++) {
+            const double virtual = (double)(n - 1) * q[i0 + i];
+            Py_ssize_t lo, hi, index;  /* index: numpy's clamped lower index, -1 for the last */
+            if (virtual >= (double)(n - 1)) {
+                lo = hi = n - 1;
+                index = -1;
+            } else if (virtual < 0.0) {
+                lo = hi = index = 0;
+            } else {
+                lo = index = (Py_ssize_t)floor(virtual);
+                hi = lo + 1;
+            }
+            gamma[i] = virtual - (double)index;  /* any value when both ends are equal */
+            ranks[2 * i] = lo;
+            ranks[2 * i + 1] = hi;
+        }
+        uint32_t found[8];
+        if (select_ranks(keys, n, ranks, 2 * count, found) < 0)
+            return -1;
+        for (int i = 0; i < count; i++) {
+            const float x = key_float(found[2 * i]), y = key_float(found[2 * i + 1]);
+            const float diff = y - x;
+            const double g = gamma[i];
+            if (weak) {
+                float r = x + diff * (float)g;
+                if (g >= 0.5)
+                    r = y - diff * (float)(1.0 - g);
+                values[i0 + i] = r;
+            } else {
+                values[i0 + i] = g >= 0.5 ? (double)y - (double)diff * (1.0 - g)
+                                          : (double)x + (double)diff * g;
+            }
+        }
+    }
     return 0;
 }
 
@@ -922,48 +1043,8 @@ percentiles(PyObject *self, PyObject *args)
                 }
             }
         }
-    if (!nan_seen && n > 0) {
-        for (Py_ssize_t i0 = 0; i0 < nq; i0 += 4) {  /* 4 percents (8 ranks) at a time */
-            const int count = nq - i0 < 4 ? (int)(nq - i0) : 4;
-            Py_ssize_t ranks[8];
-            double gamma[4];
-            for (int i = 0; i < count; i++) {
-                const double virtual = (double)(n - 1) * q[i0 + i];
-                Py_ssize_t lo, hi, index;  /* index: numpy's clamped lower index, -1 for the last */
-                if (virtual >= (double)(n - 1)) {
-                    lo = hi = n - 1;
-                    index = -1;
-                } else if (virtual < 0.0) {
-                    lo = hi = index = 0;
-                } else {
-                    lo = index = (Py_ssize_t)floor(virtual);
-                    hi = lo + 1;
-                }
-                gamma[i] = virtual - (double)index;  /* any value when both ends are equal */
-                ranks[2 * i] = lo;
-                ranks[2 * i + 1] = hi;
-            }
-            uint32_t found[8];
-            if (select_ranks(keys, n, ranks, 2 * count, found) < 0) {
-                failed = 1;
-                break;
-            }
-            for (int i = 0; i < count; i++) {
-                const float x = key_float(found[2 * i]), y = key_float(found[2 * i + 1]);
-                const float diff = y - x;
-                const double g = gamma[i];
-                if (weak) {
-                    float r = x + diff * (float)g;
-                    if (g >= 0.5)
-                        r = y - diff * (float)(1.0 - g);
-                    values[i0 + i] = r;
-                } else {
-                    values[i0 + i] = g >= 0.5 ? (double)y - (double)diff * (1.0 - g)
-                                              : (double)x + (double)diff * g;
-                }
-            }
-        }
-    }
+    if (!nan_seen && n > 0)
+        failed = key_percentiles(keys, n, q, nq, weak, values) < 0;
     Py_END_ALLOW_THREADS
 
     PyMem_RawFree(keys);
@@ -1284,6 +1365,66 @@ widen(PyObject *self, PyObject *args)
     return Py_BuildValue("(dd)", (double)low, (double)high);
 }
 
+/* sample_percentiles(keys, n, percents, weak) -> values: the percentiles of the first n keys
+ * (from trilinear's sample), as percentiles() gives them. */
+static PyObject *
+sample_percentiles(PyObject *self, PyObject *args)
+{
+    PyObject *keys_obj, *q_obj;
+    Py_ssize_t n;
+    int weak;
+    if (!PyArg_ParseTuple(args, "OnOp", &keys_obj, &n, &q_obj, &weak))
+        return NULL;
+    PyObject *qs = PySequence_Fast(q_obj, "percents must be a sequence");
+    if (qs == NULL)
+        return NULL;
+    const Py_ssize_t nq = PySequence_Fast_GET_SIZE(qs);
+    double *q = (double *)PyMem_Malloc((size_t)(nq ? 2 * nq : 2) * sizeof(double));
+    if (q == NULL) {
+        Py_DECREF(qs);
+        return PyErr_NoMemory();
+    }
+    for (Py_ssize_t i = 0; i < nq; i++) {
+        q[i] = PyFloat_AsDouble(PySequence_Fast_GET_ITEM(qs, i)) / 100.0;
+        if (q[i] == -1.0 / 100.0 && PyErr_Occurred()) {
+            PyMem_Free(q);
+            Py_DECREF(qs);
+            return NULL;
+        }
+    }
+    Py_DECREF(qs);
+    Py_buffer keys;
+    if (PyObject_GetBuffer(keys_obj, &keys, PyBUF_FORMAT | PyBUF_C_CONTIGUOUS) < 0) {
+        PyMem_Free(q);
+        return NULL;
+    }
+    if (keys.itemsize != 4 || strcmp(keys.format, "I") != 0 || n < 1 || n > keys.len / 4) {
+        PyBuffer_Release(&keys);
+        PyMem_Free(q);
+        PyErr_SetString(PyExc_ValueError, "keys: a uint32 array of at least n > 0 keys is needed");
+        return NULL;
+    }
+    double *values = q + nq;
+    int failed;
+    Py_BEGIN_ALLOW_THREADS
+    failed = key_percentiles((const uint32_t *)keys.buf, n, q, nq, weak, values) < 0;
+    Py_END_ALLOW_THREADS
+    PyBuffer_Release(&keys);
+    PyObject *result = failed ? NULL : PyTuple_New(nq);
+    for (Py_ssize_t i = 0; result != NULL && i < nq; i++) {
+        PyObject *v = PyFloat_FromDouble(values[i]);
+        if (v == NULL) {
+            Py_CLEAR(result);
+            break;
+        }
+        PyTuple_SET_ITEM(result, i, v);
+    }
+    PyMem_Free(q);
+    if (failed)
+        return PyErr_NoMemory();
+    return result;
+}
+
 static PyObject *
 set_vector(PyObject *self, PyObject *args)
 {
@@ -1301,8 +1442,9 @@ set_vector(PyObject *self, PyObject *args)
 
 static PyMethodDef methods[] = {
     {"trilinear", trilinear, METH_VARARGS,
-     "trilinear(source, output, matrix9, offset3, cval): output[i,j,k] = source at "
-     "matrix @ (i,j,k) + offset, interpolated linearly; cval outside."},
+     "trilinear(source, output, matrix9, offset3, cval[, keys, above]): output[i,j,k] = "
+     "source at matrix @ (i,j,k) + offset, interpolated linearly; cval outside. With keys: "
+     "also the keys of output[::2, ::2, ::2] > above, and how many (see percentiles)."},
     {"set_vector", set_vector, METH_VARARGS,
      "set_vector(on): let the oblique path run its vector (AVX-512) code where the processor "
      "has it (the default), or not; returns (before, now). The results are the same bytes."},
@@ -1316,6 +1458,9 @@ static PyMethodDef methods[] = {
     {"widen", widen, METH_VARARGS,
      "widen(stored, out, scale, slope, shift, inter) -> (low, high): out = float32(stored) "
      "[* slope] [+ inter] and its range, in one pass."},
+    {"sample_percentiles", sample_percentiles, METH_VARARGS,
+     "sample_percentiles(keys, n, percents, weak) -> values: numpy's percentiles of the n "
+     "values whose keys trilinear() sampled."},
     {"block_sums", block_sums, METH_VARARGS,
      "block_sums(source, output, steps3): output = sums of source over blocks of steps."},
     {"shift_scale", shift_scale, METH_VARARGS,

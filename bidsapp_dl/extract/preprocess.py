@@ -504,15 +504,28 @@ def _resample_axes(data: np.ndarray, matrix: np.ndarray, offset: np.ndarray,
 
 
 def _resample(data: np.ndarray, in_affine: np.ndarray, out_affine: np.ndarray,
-              shape: tuple[int, int, int], cval: float, order: int = 1) -> np.ndarray:
-    """Resampling of ``data`` onto the grid ``out_affine`` / ``shape`` (trilinear by default)."""
+              shape: tuple[int, int, int], cval: float, order: int = 1,
+              sample: dict | None = None) -> np.ndarray:
+    """Resampling of ``data`` onto the grid ``out_affine`` / ``shape`` (trilinear by default).
+
+    ``sample``: ``{"above": threshold}`` asks the compiled kernel for the normalisation's
+    sample while it makes the output (the values of ``out[::2, ::2, ::2]`` above the
+    threshold, which :func:`_normalize` would otherwise read back from memory); where the
+    kernel runs, it adds ``keys`` and ``n`` to the dict.
+    """
     mapping = np.linalg.solve(in_affine, out_affine)
     matrix, offset = mapping[:3, :3], mapping[:3, 3]
     if order == 1 and _kernels is not None:
         matrix = np.where(np.abs(matrix) > 1e-9, matrix, 0.0)  # exact zeros: the axes path
         out = empty_aligned(shape, np.float32)  # written to the disk without a copy
-        _kernels.trilinear(np.asarray(data, dtype=np.float32), out, tuple(matrix.ravel()),
-                           tuple(offset), float(cval))
+        extra = ()
+        if sample is not None:
+            keys = np.empty(math.prod((n + 1) // 2 for n in shape), np.uint32)
+            extra = (keys, float(sample["above"]))
+        n = _kernels.trilinear(np.asarray(data, dtype=np.float32), out, tuple(matrix.ravel()),
+                               tuple(offset), float(cval), *extra)
+        if sample is not None:
+            sample.update(keys=extra[0], n=n)
         return out
     perm = _axis_permutation(matrix) if order == 1 else None
     if perm is not None:
@@ -525,18 +538,24 @@ def _resample(data: np.ndarray, in_affine: np.ndarray, out_affine: np.ndarray,
     )
 
 
-def _shift_scale(vol: np.ndarray, method: str, step: int = 1,
-                 above: float | None = None) -> tuple[float, float]:
+def _shift_scale(vol: np.ndarray, method: str, step: int = 1, above: float | None = None,
+                 sample: dict | None = None) -> tuple[float, float]:
     """The shift and scale of ``method`` from ``vol[::step, ::step, ::step]`` (its values
-    ``> above`` only, when given); (0, 0) when no value is left."""
+    ``> above`` only, when given; ``sample``: those values' keys, taken by the resampling);
+    (0, 0) when no value is left."""
     if method == "robust-minmax":
-        n, values = _percentiles(vol, (0.5, 99.5), step, above)
+        if sample is not None and "keys" in sample and step == 2 and above == sample["above"]:
+            n = sample["n"]
+            values = _kernels.sample_percentiles(sample["keys"], n, (0.5, 99.5), False) \
+                if n else None
+        else:
+            n, values = _percentiles(vol, (0.5, 99.5), step, above)
         if not n:
             return 0.0, 0.0
-        low, high = values
+        low, high = (np.float64(v) for v in values)
         return float(low), float(high - low)
-    sample = vol[::step, ::step, ::step] if step > 1 else vol
-    values = sample if above is None else sample[sample > above]
+    picked = vol[::step, ::step, ::step] if step > 1 else vol
+    values = picked if above is None else picked[picked > above]
     if values.size == 0:
         return 0.0, 0.0
     if method == "zscore":
@@ -544,7 +563,8 @@ def _shift_scale(vol: np.ndarray, method: str, step: int = 1,
     return float(values.min()), float(values.max() - values.min())
 
 
-def _normalize(vol: np.ndarray, method: str, threshold: float, name: str) -> dict:
+def _normalize(vol: np.ndarray, method: str, threshold: float, name: str,
+               sample: dict | None = None) -> dict:
     """Scale ``vol`` in place; statistics come from head voxels (``vol > threshold``).
 
     ``minmax`` uses the whole volume, and the others fall back to it when the head voxels have
@@ -557,7 +577,7 @@ def _normalize(vol: np.ndarray, method: str, threshold: float, name: str) -> dic
     step = 2 if vol.size > _STATS_MAX_VOXELS else 1
     over = "volume" if method == "minmax" else "head"
     if over == "head":
-        shift, scale = _shift_scale(vol, method, step, above=threshold)
+        shift, scale = _shift_scale(vol, method, step, above=threshold, sample=sample)
     else:
         shift, scale = _shift_scale(vol, method)
     if not scale > 0 and over == "head":
@@ -653,7 +673,12 @@ def preprocess_volume(data: np.ndarray, affine: np.ndarray, extra: dict,
         head, threshold = _find_head(data, in_affine, fov_height, blocks)
         out_affine = _grid_affine(np.array(head["head_centre_mm"]), in_affine, params)
         cval = min(0.0, float(_percentiles(data, 1.0, step=4)[1]))
-        vol = _resample(data, in_affine, out_affine, params.target_shape, cval)
+        # the normalisation's sample comes with the resampling where it is taken (robust
+        # min-max of a big volume: every 8th voxel above the threshold)
+        sample = {"above": threshold} if (params.normalization == "robust-minmax"
+                                          and math.prod(params.target_shape) > _STATS_MAX_VOXELS) \
+            else None
+        vol = _resample(data, in_affine, out_affine, params.target_shape, cval, sample=sample)
         info["background"] = cval
     else:
         head, threshold = _find_head(data, in_affine, math.inf, blocks)
@@ -661,7 +686,8 @@ def preprocess_volume(data: np.ndarray, affine: np.ndarray, extra: dict,
         vol = empty_aligned(data.shape, np.float32)
         vol[...] = data
     info.update(head, foreground_threshold=threshold)
-    info["intensity"] = _normalize(vol, params.normalization, threshold, name)
+    info["intensity"] = _normalize(vol, params.normalization, threshold, name,
+                                   sample if params.preprocessing == "minimal" else None)
     if params.dtype == "float16":
         limit = float(np.finfo(np.float16).max)
         info["n_float16_clipped"] = int(np.count_nonzero(np.abs(vol) > limit))

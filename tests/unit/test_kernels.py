@@ -6,6 +6,8 @@ runs), but wherever the tests run a compiler was there, so their absence is a fa
 
 from __future__ import annotations
 
+import math
+
 import nibabel as nib
 import numpy as np
 import pytest
@@ -433,3 +435,44 @@ def test_widen_takes_the_block_sums_of_what_it_widens(tmp_path):
     without = {k: v for k, v in extra.items() if k != "block_sums"}
     assert pp.preprocess_volume(data, affine, extra, params).info == \
         pp.preprocess_volume(data, affine, without, params).info
+
+
+def test_trilinear_takes_the_normalisation_sample_as_it_goes():
+    """With keys, trilinear also keeps the keys of out[::2, ::2, ::2] above a threshold (the
+    fill outside the input included when it is above): the same count and percentiles as
+    reading them back, on axis-aligned grids (partly outside) and oblique ones, with and
+    without the vector code; the output itself does not change."""
+    kernels = _kernels()
+    rng = np.random.default_rng(61)
+    checked = 0
+    try:
+        for it in range(240):
+            kernels.set_vector(it % 4 != 3)
+            data = rng.normal(100.0, 30.0, tuple(int(n) for n in rng.integers(5, 28, 3)))
+            data = data.astype(np.float32)
+            data = np.asfortranarray(data) if it % 2 else data
+            if it % 3 == 0:
+                matrix, _ = axis_aligned_matrix(rng, [0.5, 0.8, 1.0, 1.3])
+            else:
+                matrix = _random_rotation(rng) * rng.uniform(0.5, 1.4, 3)
+            offset = rng.uniform(-8.0, 30.0, 3)
+            shape = tuple(int(n) for n in rng.integers(2, 36, 3))
+            cval = float(rng.choice([0.0, -5.0, 150.0]))
+            above = float(rng.normal(100.0, 25.0))
+            out = np.empty(shape, np.float32)
+            keys = np.empty(math.prod((n + 1) // 2 for n in shape), np.uint32)
+            n = kernels.trilinear(data, out, tuple(matrix.ravel()), tuple(offset), cval, keys, above)
+            plain = np.empty(shape, np.float32)
+            assert kernels.trilinear(data, plain, tuple(matrix.ravel()), tuple(offset), cval) is None
+            assert out.tobytes() == plain.tobytes()
+            count, expected = kernels.percentiles(out, (2, 2, 2), above, (0.5, 50.0, 99.5), False)
+            assert n == count
+            if n:
+                assert kernels.sample_percentiles(keys, n, (0.5, 50.0, 99.5), False) == expected
+                checked += 1
+    finally:
+        kernels.set_vector(True)
+    assert checked > 80
+    with pytest.raises(ValueError, match="room"):
+        kernels.trilinear(data, out, tuple(matrix.ravel()), tuple(offset), cval,
+                          np.empty(1, np.uint32), above)

@@ -425,3 +425,21 @@ def test_volume_path_gives_what_the_image_path_gives(orientation, tmp_path):
     flat = np.zeros((40, 40, 40), np.float32)
     with pytest.raises(BadImageError, match="sub-01_T1w"):
         pp.preprocess_volume(flat + 3.0, affine, {**extra, "finite_range": (3.0, 3.0)}, params)
+
+
+def test_normalisation_sample_taken_by_the_resampling_changes_nothing():
+    """A default-size grid (over 2 million voxels: every 8th voxel is the sample): the sample
+    the resampling takes gives the statistics, and so the tensor, of the one read back."""
+    img, _ = phantom("oblique", fov=260.0)
+    data = np.asarray(img.dataobj, dtype=np.float32)
+    params = pp.PreprocessingParams()
+    head, threshold = pp._find_head(data, img.affine, params.target_shape[2] * params.voxel_size)
+    grid = pp._grid_affine(np.array(head["head_centre_mm"]), img.affine, params)
+    sample = {"above": threshold}
+    vol = pp._resample(data, img.affine, grid, params.target_shape, 0.0, sample=sample)
+    assert vol.size > pp._STATS_MAX_VOXELS and sample["n"] > 1000
+    again = vol.copy()
+    with_sample = pp._normalize(vol, "robust-minmax", threshold, "x", sample)
+    read_back = pp._normalize(again, "robust-minmax", threshold, "x")
+    assert with_sample == read_back
+    assert vol.tobytes() == again.tobytes()
