@@ -6,21 +6,24 @@
  *              a point more than 1e-6 voxel outside [0, n - 1] on any axis gets cval; inside,
  *              the 8 neighbours are weighted by products of 1-D linear weights. Oblique grids:
  *              one pass in double, scipy's values bit for bit (with AVX-512, where the
- *              processor has it, 8 points at a time: the same bytes). Axis-aligned grids (permuted,
- *              flipped, scaled): separable, in float32, within a float32 rounding of scipy.
+ *              processor has it, 8 points at a time: the same bytes). Axis-aligned grids
+ *              (permuted, flipped, scaled): separable, in float32, within a float32 rounding
+ *              of scipy. Optionally keeps the normalisation's sample as it writes.
  * block_sums() sums a float32 volume over blocks of steps[0] x steps[1] x steps[2] voxels.
- * widen()      converts stored integers to float32 (with the header's scaling) and takes
- *              their range in the same pass.
- * head_mask() keeps the largest connected component above a threshold, holes filled.
+ * widen()      converts stored integers to float32 (with the header's scaling), takes their
+ *              range and, optionally, their block sums in the same pass.
+ * head_mask()  keeps the largest connected component above a threshold, holes filled.
  * percentiles() gives numpy's percentiles of a strided sample of a volume (optionally of its
- *              values above a threshold) by radix selection: no copy, no partition.
+ *              values above a threshold) by radix selection: no copy, no partition;
+ *              sample_percentiles() the same of the sample trilinear() kept.
  * shift_scale() computes (x - shift) / scale in place, clipped to [low, high] unless NaN is
  *              given: numpy's float32 arithmetic in one pass instead of three.
  *
  * Arrays come in through the buffer protocol (any strides for inputs, C-contiguous outputs);
- * no numpy headers are needed to build. Both release the GIL while they run. Build flags keep
- * IEEE arithmetic (no -ffast-math, no contraction into FMA), so results do not depend on the
- * compiler's mood: the same input gives the same bytes.
+ * no numpy headers are needed to build. All release the GIL while they run. Build flags keep
+ * IEEE arithmetic (no -ffast-math, no contraction into FMA), and the versions for wider
+ * vectors (AVX2, AVX-512) do the same operations element by element, so results do not depend
+ * on the compiler's mood or the processor: the same input gives the same bytes.
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>

@@ -174,9 +174,11 @@ def decompress(raw: bytes) -> bytes | None:
 
 
 def _read_volume(path: Path, raw: bytes, content: bytes | None = None
-                 ) -> tuple[np.ndarray, np.ndarray, np.dtype, tuple[float, float] | None]:
-    """(float32 voxels with scaling applied, affine, stored dtype, their range when it came
-    with the conversion) from a file's bytes (``content``: those bytes decompressed already).
+                 ) -> tuple[np.ndarray, np.ndarray, np.dtype, tuple[float, float] | None,
+                            tuple[tuple[int, ...], np.ndarray] | None]:
+    """(float32 voxels with scaling applied, affine, stored dtype, their range and the head
+    finder's block sums with their steps when they came with the conversion) from a file's
+    bytes (``content``: those bytes decompressed already).
 
     The voxels are read straight from the decompressed bytes: one conversion to float32, no
     intermediate copies; the array keeps the file's (Fortran) voxel order.
