@@ -945,6 +945,48 @@ key_percentiles(const uint32_t *keys, Py_ssize_t n, const double *q, Py_ssize_t 
     return 0;
 }
 
+/* The percents of a Python sequence as fractions, in q[0, nq), with room for as many values
+ * after them (q + nq); NULL with the error set. */
+static double *
+read_percents(PyObject *obj, Py_ssize_t *nq)
+{
+    PyObject *qs = PySequence_Fast(obj, "percents must be a sequence");
+    if (qs == NULL)
+        return NULL;
+    *nq = PySequence_Fast_GET_SIZE(qs);
+    double *q = (double *)PyMem_Malloc((size_t)(*nq ? 2 * *nq : 2) * sizeof(double));
+    if (q == NULL) {
+        Py_DECREF(qs);
+        PyErr_NoMemory();
+        return NULL;
+    }
+    for (Py_ssize_t i = 0; i < *nq; i++) {
+        q[i] = PyFloat_AsDouble(PySequence_Fast_GET_ITEM(qs, i)) / 100.0;
+        if (q[i] == -1.0 / 100.0 && PyErr_Occurred()) {
+            PyMem_Free(q);
+            Py_DECREF(qs);
+            return NULL;
+        }
+    }
+    Py_DECREF(qs);
+    return q;
+}
+
+/* A tuple of count floats: values, or NaN for all of them when nan. */
+static PyObject *
+float_tuple(const double *values, Py_ssize_t count, int nan)
+{
+    PyObject *result = PyTuple_New(count);
+    for (Py_ssize_t i = 0; result != NULL && i < count; i++) {
+        PyObject *v = PyFloat_FromDouble(nan ? Py_NAN : values[i]);
+        if (v == NULL)
+            Py_CLEAR(result);
+        else
+            PyTuple_SET_ITEM(result, i, v);
+    }
+    return result;
+}
+
 /* percentiles(source, steps3, above, percents, weak) -> (n, values): numpy's percentile
  * (method "linear") of source[::s0, ::s1, ::s2], over the values > above only (NaN: all of
  * them; then a NaN among them gives NaN). The interpolation is numpy's, in its precision:
@@ -961,24 +1003,11 @@ percentiles(PyObject *self, PyObject *args)
     if (!PyArg_ParseTuple(args, "O(nnn)dOp", &src_obj, &st[0], &st[1], &st[2], &above, &q_obj,
                           &weak))
         return NULL;
-    PyObject *qs = PySequence_Fast(q_obj, "percents must be a sequence");
-    if (qs == NULL)
+    Py_ssize_t nq;
+    double *q = read_percents(q_obj, &nq);
+    if (q == NULL)
         return NULL;
-    const Py_ssize_t nq = PySequence_Fast_GET_SIZE(qs);
-    double *q = (double *)PyMem_Malloc((size_t)(nq ? nq : 1) * sizeof(double));
-    if (q == NULL) {
-        Py_DECREF(qs);
-        return PyErr_NoMemory();
-    }
-    for (Py_ssize_t i = 0; i < nq; i++) {
-        q[i] = PyFloat_AsDouble(PySequence_Fast_GET_ITEM(qs, i)) / 100.0;
-        if (q[i] == -1.0 / 100.0 && PyErr_Occurred()) {
-            PyMem_Free(q);
-            Py_DECREF(qs);
-            return NULL;
-        }
-    }
-    Py_DECREF(qs);
+    double *values = q + nq;
     Py_buffer src;
     if (get_volume(src_obj, &src, 0, "source") < 0) {
         PyMem_Free(q);
@@ -996,10 +1025,7 @@ percentiles(PyObject *self, PyObject *args)
         total *= m[a];
     }
     uint32_t *keys = (uint32_t *)PyMem_RawMalloc((size_t)(total ? total : 1) * sizeof(uint32_t));
-    double *values = (double *)PyMem_Malloc((size_t)(nq ? nq : 1) * sizeof(double));
-    if (keys == NULL || values == NULL) {
-        PyMem_RawFree(keys);
-        PyMem_Free(values);
+    if (keys == NULL) {
         PyBuffer_Release(&src);
         PyMem_Free(q);
         return PyErr_NoMemory();
@@ -1052,27 +1078,9 @@ percentiles(PyObject *self, PyObject *args)
 
     PyMem_RawFree(keys);
     PyBuffer_Release(&src);
+    PyObject *result = failed ? PyErr_NoMemory() : float_tuple(values, n > 0 ? nq : 0, nan_seen);
     PyMem_Free(q);
-    if (failed) {
-        PyMem_Free(values);
-        return PyErr_NoMemory();
-    }
-    PyObject *result = PyTuple_New(n > 0 ? nq : 0);
-    if (result == NULL) {
-        PyMem_Free(values);
-        return NULL;
-    }
-    for (Py_ssize_t i = 0; n > 0 && i < nq; i++) {
-        PyObject *v = PyFloat_FromDouble(nan_seen ? Py_NAN : values[i]);
-        if (v == NULL) {
-            Py_DECREF(result);
-            PyMem_Free(values);
-            return NULL;
-        }
-        PyTuple_SET_ITEM(result, i, v);
-    }
-    PyMem_Free(values);
-    return Py_BuildValue("(nN)", n, result);
+    return result == NULL ? NULL : Py_BuildValue("(nN)", n, result);
 }
 
 /* head_mask(volume, threshold, mask) -> n: the connected components (6-connectivity) of
@@ -1378,24 +1386,10 @@ sample_percentiles(PyObject *self, PyObject *args)
     int weak;
     if (!PyArg_ParseTuple(args, "OnOp", &keys_obj, &n, &q_obj, &weak))
         return NULL;
-    PyObject *qs = PySequence_Fast(q_obj, "percents must be a sequence");
-    if (qs == NULL)
+    Py_ssize_t nq;
+    double *q = read_percents(q_obj, &nq);
+    if (q == NULL)
         return NULL;
-    const Py_ssize_t nq = PySequence_Fast_GET_SIZE(qs);
-    double *q = (double *)PyMem_Malloc((size_t)(nq ? 2 * nq : 2) * sizeof(double));
-    if (q == NULL) {
-        Py_DECREF(qs);
-        return PyErr_NoMemory();
-    }
-    for (Py_ssize_t i = 0; i < nq; i++) {
-        q[i] = PyFloat_AsDouble(PySequence_Fast_GET_ITEM(qs, i)) / 100.0;
-        if (q[i] == -1.0 / 100.0 && PyErr_Occurred()) {
-            PyMem_Free(q);
-            Py_DECREF(qs);
-            return NULL;
-        }
-    }
-    Py_DECREF(qs);
     Py_buffer keys;
     if (PyObject_GetBuffer(keys_obj, &keys, PyBUF_FORMAT | PyBUF_C_CONTIGUOUS) < 0) {
         PyMem_Free(q);
@@ -1413,18 +1407,8 @@ sample_percentiles(PyObject *self, PyObject *args)
     failed = key_percentiles((const uint32_t *)keys.buf, n, q, nq, weak, values) < 0;
     Py_END_ALLOW_THREADS
     PyBuffer_Release(&keys);
-    PyObject *result = failed ? NULL : PyTuple_New(nq);
-    for (Py_ssize_t i = 0; result != NULL && i < nq; i++) {
-        PyObject *v = PyFloat_FromDouble(values[i]);
-        if (v == NULL) {
-            Py_CLEAR(result);
-            break;
-        }
-        PyTuple_SET_ITEM(result, i, v);
-    }
+    PyObject *result = failed ? PyErr_NoMemory() : float_tuple(values, nq, 0);
     PyMem_Free(q);
-    if (failed)
-        return PyErr_NoMemory();
     return result;
 }
 

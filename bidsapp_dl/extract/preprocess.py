@@ -370,11 +370,16 @@ def _percentiles(volume: np.ndarray, percents: float | tuple[float, ...], step: 
         if not n:
             return 0, None
         return n, np.float32(values[0]) if weak else np.array(values)
-    sample = volume[::step, ::step, ::step] if step > 1 else volume
-    values = sample if above is None else sample[sample > above]
+    values = _picked(volume, step, above)
     if not values.size:
         return 0, None
     return values.size, np.percentile(values, percents)
+
+
+def _picked(volume: np.ndarray, step: int, above: float | None) -> np.ndarray:
+    """The values of ``volume[::step, ::step, ::step]`` (``> above`` only, when given)."""
+    sample = volume[::step, ::step, ::step] if step > 1 else volume
+    return sample if above is None else sample[sample > above]
 
 
 def _find_head(data: np.ndarray, affine: np.ndarray, fov_height: float,
@@ -556,8 +561,7 @@ def _shift_scale(vol: np.ndarray, method: str, step: int = 1, above: float | Non
             return 0.0, 0.0
         low, high = (np.float64(v) for v in values)
         return float(low), float(high - low)
-    picked = vol[::step, ::step, ::step] if step > 1 else vol
-    values = picked if above is None else picked[picked > above]
+    values = _picked(vol, step, above)
     if values.size == 0:
         return 0.0, 0.0
     if method == "zscore":
