@@ -12,7 +12,8 @@
  * block_sums() sums a float32 volume over blocks of steps[0] x steps[1] x steps[2] voxels.
  * widen()      converts stored integers to float32 (with the header's scaling), takes their
  *              range and, optionally, their block sums in the same pass.
- * head_mask()  keeps the largest connected component above a threshold, holes filled.
+ * head_mask()  keeps the largest connected component above a threshold, holes filled;
+ *              head_centre() gives where that mask is in world space.
  * percentiles() gives numpy's percentiles of a strided sample of a volume (optionally of its
  *              values above a threshold) by radix selection: no copy, no partition;
  *              sample_percentiles() the same of the sample trilinear() kept.
@@ -1218,6 +1219,69 @@ head_mask(PyObject *self, PyObject *args)
     return PyLong_FromLong(n);
 }
 
+/* head_centre(mask, steps, affine, height) -> (x, y, z, top): where the head is, from
+ * head_mask's mask of blocks of steps voxels: each block's centre voxel (index * step +
+ * (step - 1) / 2) in world mm by the affine's first three rows (12 numbers, row by row);
+ * top = the highest world z among them; (x, y, z) = the mean of those within height mm of
+ * the top. In double, in C order: two passes over the mask, no list of coordinates. */
+static PyObject *
+head_centre(PyObject *self, PyObject *args)
+{
+    PyObject *mask_obj;
+    Py_ssize_t st[3];
+    double A[12], height;
+    if (!PyArg_ParseTuple(args, "O(nnn)(dddddddddddd)d", &mask_obj, &st[0], &st[1], &st[2],
+                          &A[0], &A[1], &A[2], &A[3], &A[4], &A[5], &A[6], &A[7], &A[8], &A[9],
+                          &A[10], &A[11], &height))
+        return NULL;
+    Py_buffer mask;
+    if (PyObject_GetBuffer(mask_obj, &mask, PyBUF_FORMAT | PyBUF_C_CONTIGUOUS) < 0)
+        return NULL;
+    if (mask.ndim != 3 || mask.itemsize != 1
+        || (strcmp(mask.format, "B") != 0 && strcmp(mask.format, "?") != 0)) {
+        PyBuffer_Release(&mask);
+        PyErr_SetString(PyExc_ValueError, "a C-contiguous 3-D bool or uint8 mask is needed");
+        return NULL;
+    }
+    const Py_ssize_t d0 = mask.shape[0], d1 = mask.shape[1], d2 = mask.shape[2];
+    const unsigned char *m = (const unsigned char *)mask.buf;
+    double top = -INFINITY, sum[3] = {0.0, 0.0, 0.0};
+    Py_ssize_t count = 0;
+    Py_BEGIN_ALLOW_THREADS
+    for (int pass = 0; pass < 2; pass++) {
+        const double floor = top - height;
+        for (Py_ssize_t a = 0; a < d0; a++) {
+            const double v0 = (double)(a * st[0]) + (double)(st[0] - 1) / 2.0;
+            for (Py_ssize_t b = 0; b < d1; b++) {
+                const double v1 = (double)(b * st[1]) + (double)(st[1] - 1) / 2.0;
+                const unsigned char *line = m + (a * d1 + b) * d2;
+                for (Py_ssize_t c = 0; c < d2; c++) {
+                    if (!line[c])
+                        continue;
+                    const double v2 = (double)(c * st[2]) + (double)(st[2] - 1) / 2.0;
+                    const double z = A[8] * v0 + A[9] * v1 + A[10] * v2 + A[11];
+                    if (pass == 0) {
+                        top = z > top ? z : top;
+                    } else if (z >= floor) {
+                        sum[0] += A[0] * v0 + A[1] * v1 + A[2] * v2 + A[3];
+                        sum[1] += A[4] * v0 + A[5] * v1 + A[6] * v2 + A[7];
+                        sum[2] += z;
+                        count++;
+                    }
+                }
+            }
+        }
+    }
+    Py_END_ALLOW_THREADS
+    PyBuffer_Release(&mask);
+    if (count == 0) {
+        PyErr_SetString(PyExc_ValueError, "the mask is empty");
+        return NULL;
+    }
+    return Py_BuildValue("(dddd)", sum[0] / (double)count, sum[1] / (double)count,
+                         sum[2] / (double)count, top);
+}
+
 /* widen(stored, out, scale, slope, shift, inter) -> (low, high): out = stored as float32,
  * times slope when scale, plus inter when shift (float32 arithmetic: what numpy's astype,
  * *= and += give), and the range of out, in one pass. stored: a contiguous buffer of
@@ -1442,6 +1506,9 @@ static PyMethodDef methods[] = {
     {"head_mask", head_mask, METH_VARARGS,
      "head_mask(volume, threshold, mask) -> n: mask = the largest connected component of "
      "volume > threshold, holes filled; n components."},
+    {"head_centre", head_centre, METH_VARARGS,
+     "head_centre(mask, steps3, affine12, height) -> (x, y, z, top): the world mean of the "
+     "mask's blocks within height mm of the highest (top)."},
     {"widen", widen, METH_VARARGS,
      "widen(stored, out, scale, slope, shift, inter) -> (low, high): out = float32(stored) "
      "[* slope] [+ inter] and its range, in one pass."},

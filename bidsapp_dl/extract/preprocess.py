@@ -397,12 +397,24 @@ def _find_head(data: np.ndarray, affine: np.ndarray, fov_height: float,
     if n == 0:
         centre = affine[:3, :3] @ ((np.array(data.shape) - 1) / 2) + affine[:3, 3]
         return {"head_found": False, "head_centre_mm": centre.tolist()}, threshold
+    centre, top = _head_centre(head, steps, affine, fov_height)
+    facts = {"head_found": True, "head_centre_mm": centre, "head_top_mm": top}
+    return facts, threshold
+
+
+def _head_centre(head: np.ndarray, steps: np.ndarray, affine: np.ndarray,
+                 height: float) -> tuple[list[float], float]:
+    """The world centroid of the blocks of ``head`` (a mask of blocks of ``steps`` voxels)
+    that lie within ``height`` mm of its top, and that top (the highest world z)."""
+    if _kernels is not None and head.dtype == np.bool_ and head.flags.c_contiguous:
+        *centre, top = _kernels.head_centre(head, tuple(int(s) for s in steps),
+                                            tuple(float(a) for a in affine[:3].ravel()),
+                                            float(height))
+        return centre, top
     voxels = np.argwhere(head) * steps + (steps - 1) / 2.0
     world = voxels @ affine[:3, :3].T + affine[:3, 3]
     top = world[:, 2].max()
-    centre = world[world[:, 2] >= top - fov_height].mean(axis=0)
-    facts = {"head_found": True, "head_centre_mm": centre.tolist(), "head_top_mm": float(top)}
-    return facts, threshold
+    return world[world[:, 2] >= top - height].mean(axis=0).tolist(), float(top)
 
 
 def _head_mask(small: np.ndarray, threshold: float) -> tuple[int, np.ndarray | None]:

@@ -365,6 +365,36 @@ def test_head_mask_is_scipys_largest_component_with_holes_filled(monkeypatch):
         _kernels().head_mask(ball, 0.5, np.empty((9, 9, 8), np.uint8))
 
 
+def test_head_centre_is_numpys_centroid_near_the_top(monkeypatch):
+    """Random masks, block steps and affines (oblique, flipped, the top near any corner), with
+    heights that keep everything, a slice or a part: the kernel's centre and top are numpy's
+    (argwhere, matmul, select, mean) to rounding."""
+    _kernels()
+    rng = np.random.default_rng(59)
+    for _ in range(60):
+        shape = tuple(int(n) for n in rng.integers(1, 14, 3))
+        head = rng.random(shape) < rng.uniform(0.05, 0.9)
+        head.flat[rng.integers(head.size)] = True
+        steps = rng.integers(1, 5, 3)
+        affine = np.eye(4)
+        affine[:3, :3] = rng.normal(0.0, 2.0, (3, 3))
+        affine[:3, 3] = rng.uniform(-100.0, 100.0, 3)
+        for height in (math.inf, 0.0, float(rng.uniform(0.5, 20.0))):
+            centre, top = pp._head_centre(head, steps, affine, height)
+            with monkeypatch.context() as m:
+                m.setattr(pp, "_kernels", None)
+                centre_ref, top_ref = pp._head_centre(head, steps, affine, height)
+            assert top == pytest.approx(top_ref, rel=1e-12, abs=1e-9)
+            np.testing.assert_allclose(centre, centre_ref, rtol=1e-12, atol=1e-9)
+    # one block at the top and a slab far below it: the slab counts only with the height
+    head = np.zeros((4, 4, 4), bool)
+    head[:, :, 0] = True
+    head[1, 2, 3] = True
+    centre, top = pp._head_centre(head, np.array([2, 2, 2]), np.diag([1.0, 1.0, 1.0, 1.0]), 2.0)
+    assert top == 6.5 and centre == [2.5, 4.5, 6.5]
+    with pytest.raises(ValueError, match="empty"):
+        _kernels().head_centre(np.zeros((3, 3, 3), bool), (1, 1, 1), tuple(range(12)), 1.0)
+
 @pytest.mark.parametrize("dtype", ["i1", "u1", "<i2", ">i2", "<u2", "<i4", "<f4", "<f8"])
 def test_loaded_voxels_and_range_are_numpys_for_every_stored_type(tmp_path, monkeypatch, dtype):
     """Integers go through widen() (converted, scaled, range taken in one pass), other types
