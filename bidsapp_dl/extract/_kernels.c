@@ -8,7 +8,8 @@
  *              one pass in double, scipy's values bit for bit (with AVX-512, where the
  *              processor has it, 8 points at a time: the same bytes). Axis-aligned grids
  *              (permuted, flipped, scaled): separable, in float32, within a float32 rounding
- *              of scipy. Optionally keeps the normalisation's sample as it writes.
+ *              of scipy. Optionally keeps the normalisation's sample as it writes (with
+ *              AVX-512, 16 positions at a time).
  * block_sums() sums a float32 volume over blocks of steps[0] x steps[1] x steps[2] voxels.
  * widen()      converts stored integers to float32 (with the header's scaling), takes their
  *              range and, optionally, their block sums in the same pass.
@@ -76,6 +77,57 @@ struct sample {
     float limit;
 };
 
+/* Whether the vector code may run where the processor has AVX-512 (the oblique resampling,
+ * the sample): -1 not yet known, 0 no, 1 yes. The results are the same bytes either way. */
+static int use_avx512 = -1;
+
+static void
+vector_check(void)
+{
+#ifdef KERNELS_AVX512
+    if (use_avx512 < 0) {
+        __builtin_cpu_init();
+        use_avx512 = __builtin_cpu_supports("avx512f") ? 1 : 0;
+    }
+#else
+    use_avx512 = 0;
+#endif
+}
+
+#ifdef KERNELS_AVX512
+/* sample_run's loop, 16 even positions at a time: their keys packed in order, as many as are
+ * above the limit (masked loads and stores: nothing is touched outside [k, last) of the row
+ * or past the kept keys) */
+__attribute__((target("avx512f")))
+static void
+sample_run_avx512(struct sample *smp, const float *row, Py_ssize_t k, Py_ssize_t last)
+{
+    const __m512i even = _mm512_set_epi32(30, 28, 26, 24, 22, 20, 18, 16, 14, 12, 10, 8, 6, 4, 2, 0);
+    const __m512 limit = _mm512_set1_ps(smp->limit), zero = _mm512_setzero_ps();
+    const __m512i sign = _mm512_set1_epi32((int)0x80000000u);
+    for (; k < last; k += 32) {
+        const Py_ssize_t left = last - k;  /* floats from k on that are in the run */
+        const __mmask16 lo = left >= 16 ? 0xFFFF : (__mmask16)((1u << left) - 1u);
+        const __mmask16 hi = left >= 32 ? 0xFFFF : left <= 16 ? 0
+                             : (__mmask16)((1u << (left - 16)) - 1u);
+        const __m512 v = _mm512_permutex2var_ps(_mm512_maskz_loadu_ps(lo, row + k), even,
+                                                _mm512_maskz_loadu_ps(hi, row + k + 16));
+        const Py_ssize_t count = left >= 32 ? 16 : (left + 1) / 2;
+        const __mmask16 valid = count >= 16 ? 0xFFFF : (__mmask16)((1u << count) - 1u);
+        /* float_key of v + 0.0f: negatives (sign set) flipped whole, the rest get the sign */
+        const __m512i u = _mm512_castps_si512(_mm512_add_ps(v, zero));
+        const __mmask16 negative = _mm512_test_epi32_mask(u, sign);
+        const __m512i key = _mm512_mask_xor_epi32(_mm512_or_si512(u, sign), negative, u,
+                                                  _mm512_set1_epi32(-1));
+        const __mmask16 keep = valid & _mm512_cmp_ps_mask(v, limit, _CMP_GT_OQ);
+        const int kept = __builtin_popcount((unsigned int)keep);
+        _mm512_mask_storeu_epi32(smp->keys + smp->n, (__mmask16)((1u << kept) - 1u),
+                                 _mm512_maskz_compress_epi32(keep, key));
+        smp->n += kept;
+    }
+}
+#endif
+
 /* the even k in [first, last) of output row (i, j) (row: the row's start) */
 static inline void
 sample_run(struct sample *smp, const float *row, Py_ssize_t i, Py_ssize_t j, Py_ssize_t first,
@@ -83,6 +135,12 @@ sample_run(struct sample *smp, const float *row, Py_ssize_t i, Py_ssize_t j, Py_
 {
     if (smp == NULL || (i & 1) || (j & 1))
         return;
+#ifdef KERNELS_AVX512
+    if (use_avx512 == 1) {
+        sample_run_avx512(smp, row, first + (first & 1), last);
+        return;
+    }
+#endif
     for (Py_ssize_t k = first + (first & 1); k < last; k += 2) {
         const float v = row[k];
         smp->keys[smp->n] = float_key(v + 0.0f);  /* written always, kept when above */
@@ -96,10 +154,6 @@ evens(Py_ssize_t a, Py_ssize_t b)
 {
     return (b + 1) / 2 - (a + 1) / 2;
 }
-
-/* Whether the oblique path may run its AVX-512 code where the processor has it: -1 not yet
- * known, 0 no, 1 yes. The results are the same bytes either way (see oblique_avx512). */
-static int use_avx512 = -1;
 
 static int
 get_volume(PyObject *obj, Py_buffer *view, int writable, const char *name)
@@ -482,8 +536,11 @@ trilinear_axes(const float *in, const Py_ssize_t *n, const Py_ssize_t *s, float 
                         const float b = b0[k] + wy * (b1[k] - b0[k]);
                         out[k] = a + wx * (b - a);
                     }
-                    sample_run(smp, res + (i * d[1] + j) * d[2], i, j, tk, tk + len);
                 }
+                /* once the runs of row i are written (read back at once, wide loads would
+                 * wait on the stores still under way) */
+                for (Py_ssize_t j = j0; smp != NULL && j < j1; j++)
+                    sample_run(smp, res + (i * d[1] + j) * d[2], i, j, tk, tk + len);
             }
         }
     }
@@ -546,6 +603,7 @@ trilinear(PyObject *self, PyObject *args)
     /* below these, the lower neighbour is at most n - 2 and both neighbours exist */
     const double top0 = (double)(n0 - 1), top1 = (double)(n1 - 1), top2 = (double)(n2 - 1);
 
+    vector_check();
     /* axis-aligned when every row and column of m has a single nonzero entry */
     int perm[3] = {-1, -1, -1}, aligned = 1;
     for (int c = 0; c < 3; c++) {
@@ -585,10 +643,6 @@ trilinear(PyObject *self, PyObject *args)
     const Py_ssize_t n[3] = {n0, n1, n2}, s[3] = {s0, s1, s2}, t[3] = {t0, t1, t2};
     const double top[3] = {top0, top1, top2}, mq[3] = {m[q], m[3 + q], m[6 + q]};
 #ifdef KERNELS_AVX512
-    if (use_avx512 < 0) {
-        __builtin_cpu_init();
-        use_avx512 = __builtin_cpu_supports("avx512f") ? 1 : 0;
-    }
     /* the vector code fetches pairs along an axis of unit stride, with int32 offsets */
     int along = -1;
     for (int ax = 2; ax >= 0; ax--)
@@ -644,7 +698,6 @@ trilinear(PyObject *self, PyObject *args)
                             line[k * step] = oblique_point(in, n, s, t, top, b0 + m[q] * (k + tq),
                                                            b1 + m[3 + q] * (k + tq),
                                                            b2 + m[6 + q] * (k + tq), fill);
-                    sample_run(smp, line - tq, x, y, tq, tq + len);
                     continue;
                 }
 #endif
@@ -673,8 +726,10 @@ trilinear(PyObject *self, PyObject *args)
                                                        b1 + m[3 + q] * (k + tq),
                                                        b2 + m[6 + q] * (k + tq), fill);
                 }
-                sample_run(smp, line - tq, x, y, tq, tq + len);
             }
+            /* the pieces of row x, once written (as in trilinear_axes) */
+            for (Py_ssize_t y = tr; smp != NULL && y < er; y++)
+                sample_run(smp, res + x * ostride[P] + y * ostride[R], x, y, tq, tq + len);
         }
     }
     Py_END_ALLOW_THREADS
@@ -1497,8 +1552,9 @@ static PyMethodDef methods[] = {
      "source at matrix @ (i,j,k) + offset, interpolated linearly; cval outside. With keys: "
      "also the keys of output[::2, ::2, ::2] > above, and how many (see percentiles)."},
     {"set_vector", set_vector, METH_VARARGS,
-     "set_vector(on): let the oblique path run its vector (AVX-512) code where the processor "
-     "has it (the default), or not; returns (before, now). The results are the same bytes."},
+     "set_vector(on): let the oblique path and the sample run their vector (AVX-512) code "
+     "where the processor has it (the default), or not; returns (before, now). The results "
+     "are the same bytes."},
     {"percentiles", percentiles, METH_VARARGS,
      "percentiles(source, steps3, above, percents, weak) -> (n, values): numpy's linear "
      "percentiles of source[::s0, ::s1, ::s2] over its values > above (NaN: all), by radix "

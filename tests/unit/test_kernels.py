@@ -471,14 +471,15 @@ def test_trilinear_takes_the_normalisation_sample_as_it_goes():
     """With keys, trilinear also keeps the keys of out[::2, ::2, ::2] above a threshold (the
     fill outside the input included when it is above): the same count and percentiles as
     reading them back, on axis-aligned grids (partly outside) and oblique ones, with and
-    without the vector code; the output itself does not change."""
+    without the vector code, negative values included; the output itself does not change."""
     kernels = _kernels()
     rng = np.random.default_rng(61)
     checked = 0
     try:
         for it in range(240):
             kernels.set_vector(it % 4 != 3)
-            data = rng.normal(100.0, 30.0, tuple(int(n) for n in rng.integers(5, 28, 3)))
+            centre = float(rng.choice([100.0, 0.0]))  # negative values, signed zeros
+            data = rng.normal(centre, 30.0, tuple(int(n) for n in rng.integers(5, 28, 3)))
             data = data.astype(np.float32)
             data = np.asfortranarray(data) if it % 2 else data
             if it % 3 == 0:
@@ -487,8 +488,8 @@ def test_trilinear_takes_the_normalisation_sample_as_it_goes():
                 matrix = _random_rotation(rng) * rng.uniform(0.5, 1.4, 3)
             offset = rng.uniform(-8.0, 30.0, 3)
             shape = tuple(int(n) for n in rng.integers(2, 36, 3))
-            cval = float(rng.choice([0.0, -5.0, 150.0]))
-            above = float(rng.normal(100.0, 25.0))
+            cval = float(rng.choice([0.0, -0.0, -5.0, 150.0]))
+            above = float(rng.normal(centre, 25.0))
             out = np.empty(shape, np.float32)
             keys = np.empty(math.prod((n + 1) // 2 for n in shape), np.uint32)
             n = kernels.trilinear(data, out, tuple(matrix.ravel()), tuple(offset), cval, keys, above)
