@@ -1,7 +1,8 @@
 /* Compiled inner loops of the participant level (optional: preprocess.py falls back to numpy
  * and scipy when this module is not built).
  *
- * trilinear()  resamples a float32 volume on any affine grid, with the conventions of
+ * trilinear()  resamples a float32 volume (or stored int16/uint16, read as they are, to the
+ *              bytes their float32 copy gives) on any affine grid, with the conventions of
  *              scipy.ndimage.affine_transform(order=1, mode="constant", prefilter=False):
  *              a point more than 1e-6 voxel outside [0, n - 1] on any axis gets cval; inside,
  *              the 8 neighbours are weighted by products of 1-D linear weights. Oblique grids:
@@ -12,7 +13,7 @@
  *              AVX-512, 16 positions at a time).
  * block_sums() sums a float32 volume over blocks of steps[0] x steps[1] x steps[2] voxels.
  * widen()      converts stored integers to float32 (with the header's scaling), takes their
- *              range and, optionally, their block sums in the same pass.
+ *              range and, optionally, their block sums in the same pass (or these alone).
  * head_mask()  keeps the largest connected component above a threshold, holes filled;
  *              head_centre() gives where that mask is in world space.
  * percentiles() gives numpy's percentiles of a strided sample of a volume (optionally of its
@@ -155,35 +156,64 @@ evens(Py_ssize_t a, Py_ssize_t b)
     return (b + 1) / 2 - (a + 1) / 2;
 }
 
+/* The voxel types a source may have: float32, and the int16 and uint16 that most scanners
+ * store, read as they are (no float32 copy of the volume; their float32 values are exact, so
+ * the results are the bytes that the converted volume gives). */
+enum { VOX_F32, VOX_I16, VOX_U16 };
+
+static inline __attribute__((always_inline)) float
+voxel(const void *in, Py_ssize_t i, const int kind)
+{
+    if (kind == VOX_I16)
+        return (float)((const int16_t *)in)[i];
+    if (kind == VOX_U16)
+        return (float)((const uint16_t *)in)[i];
+    return ((const float *)in)[i];
+}
+
+/* A 3-D volume by the buffer protocol: float32, or (with kind) also int16 and uint16, whose
+ * kind is set; strides in whole elements. Outputs (writable) are C-contiguous. */
 static int
-get_volume(PyObject *obj, Py_buffer *view, int writable, const char *name)
+get_volume(PyObject *obj, Py_buffer *view, int writable, const char *name, int *kind)
 {
     int flags = PyBUF_FORMAT | (writable ? (PyBUF_C_CONTIGUOUS | PyBUF_WRITABLE) : PyBUF_STRIDES);
     if (PyObject_GetBuffer(obj, view, flags) < 0)
         return -1;
-    if (view->ndim != 3 || view->itemsize != 4 || view->format == NULL
-        || strcmp(view->format, "f") != 0) {
-        PyErr_Format(PyExc_ValueError, "%s: a 3-D float32 array is needed", name);
+    const char *f = view->format != NULL ? view->format : "";
+    /* native byte order, however the exporter writes it */
+    const uint16_t probe = 1;
+    const char here = *(const unsigned char *)&probe ? '<' : '>';
+    if (f[0] == '@' || f[0] == '=' || f[0] == here)
+        f++;
+    const int k = strcmp(f, "f") == 0 && view->itemsize == 4 ? VOX_F32
+                  : strcmp(f, "h") == 0 && view->itemsize == 2 ? VOX_I16
+                  : strcmp(f, "H") == 0 && view->itemsize == 2 ? VOX_U16 : -1;
+    if (view->ndim != 3 || k < 0 || (kind == NULL && k != VOX_F32)) {
+        PyErr_Format(PyExc_ValueError, kind == NULL ? "%s: a 3-D float32 array is needed"
+                     : "%s: a 3-D float32, int16 or uint16 array (native order) is needed", name);
         PyBuffer_Release(view);
         return -1;
     }
     for (int a = 0; a < 3; a++) {
-        if (view->strides[a] % 4 != 0) {
+        if (view->strides[a] % view->itemsize != 0) {
             PyErr_Format(PyExc_ValueError, "%s: strides must be whole elements", name);
             PyBuffer_Release(view);
             return -1;
         }
     }
+    if (kind != NULL)
+        *kind = k;
     return 0;
 }
 
-/* A read-only source volume and a writable C-contiguous output; both or neither acquired. */
+/* A read-only source volume (of any kind) and a writable C-contiguous float32 output; both
+ * or neither acquired. */
 static int
-get_source_output(PyObject *src_obj, Py_buffer *src, PyObject *out_obj, Py_buffer *out)
+get_source_output(PyObject *src_obj, Py_buffer *src, int *kind, PyObject *out_obj, Py_buffer *out)
 {
-    if (get_volume(src_obj, src, 0, "source") < 0)
+    if (get_volume(src_obj, src, 0, "source", kind) < 0)
         return -1;
-    if (get_volume(out_obj, out, 1, "output") < 0) {
+    if (get_volume(out_obj, out, 1, "output", NULL) < 0) {
         PyBuffer_Release(src);
         return -1;
     }
@@ -209,15 +239,18 @@ axis_weight(double c, Py_ssize_t n, Py_ssize_t *low, double *w)
 }
 
 
-/* The 8 neighbours from p (offsets t0, t1, t2 along the input axes), weighted linearly along
- * input axis 2, then 1, then 0, in double: the arithmetic of scipy's order-1 spline. */
-static inline float
-mix8(const float *p, Py_ssize_t t0, Py_ssize_t t1, Py_ssize_t t2, double w0, double w1, double w2)
+/* The 8 neighbours from voxel p (offsets t0, t1, t2 along the input axes), weighted linearly
+ * along input axis 2, then 1, then 0, in double: the arithmetic of scipy's order-1 spline. */
+static inline __attribute__((always_inline)) float
+mix8(const void *in, Py_ssize_t p, Py_ssize_t t0, Py_ssize_t t1, Py_ssize_t t2, double w0,
+     double w1, double w2, const int kind)
 {
-    const double v00 = p[0] + w2 * ((double)p[t2] - p[0]);
-    const double v01 = p[t1] + w2 * ((double)p[t1 + t2] - p[t1]);
-    const double v10 = p[t0] + w2 * ((double)p[t0 + t2] - p[t0]);
-    const double v11 = p[t0 + t1] + w2 * ((double)p[t0 + t1 + t2] - p[t0 + t1]);
+#define AT(x) ((double)voxel(in, p + (x), kind))
+    const double v00 = AT(0) + w2 * (AT(t2) - AT(0));
+    const double v01 = AT(t1) + w2 * (AT(t1 + t2) - AT(t1));
+    const double v10 = AT(t0) + w2 * (AT(t0 + t2) - AT(t0));
+    const double v11 = AT(t0 + t1) + w2 * (AT(t0 + t1 + t2) - AT(t0 + t1));
+#undef AT
     const double v0 = v00 + w1 * (v01 - v00);
     const double v1 = v10 + w1 * (v11 - v10);
     return (float)(v0 + w0 * (v1 - v0));
@@ -226,9 +259,9 @@ mix8(const float *p, Py_ssize_t t0, Py_ssize_t t1, Py_ssize_t t2, double w0, dou
 /* The oblique output point at input coordinates (c0, c1, c2): fill outside, else mix8. Inside
  * by more than the edge tolerance (the usual case), truncation is floor and both neighbours
  * exist along every axis. */
-static inline float
-oblique_point(const float *in, const Py_ssize_t n[3], const Py_ssize_t s[3], const Py_ssize_t t[3],
-              const double top[3], double c0, double c1, double c2, float fill)
+static inline __attribute__((always_inline)) float
+oblique_point(const void *in, const Py_ssize_t n[3], const Py_ssize_t s[3], const Py_ssize_t t[3],
+              const double top[3], double c0, double c1, double c2, float fill, const int kind)
 {
     Py_ssize_t l0, l1, l2;
     double w0, w1, w2;
@@ -239,7 +272,7 @@ oblique_point(const float *in, const Py_ssize_t n[3], const Py_ssize_t s[3], con
                || !axis_weight(c2, n[2], &l2, &w2)) {
         return fill;
     }
-    return mix8(in + l0 * s[0] + l1 * s[1] + l2 * s[2], t[0], t[1], t[2], w0, w1, w2);
+    return mix8(in, l0 * s[0] + l1 * s[1] + l2 * s[2], t[0], t[1], t[2], w0, w1, w2, kind);
 }
 
 #ifdef KERNELS_AVX512
@@ -247,15 +280,15 @@ oblique_point(const float *in, const Py_ssize_t n[3], const Py_ssize_t s[3], con
  * coordinates b + mq * (k + k0). Runs of 8 points all well inside the input are done here
  * (returned as bits of the mask); the caller does the rest with oblique_point. The input
  * must be contiguous along axis `a` (s[a] == 1): each gather fetches the pairs of neighbours
- * along it as 64-bit words, four gathers instead of eight (offsets from `in` in int32: the
- * caller checks they fit). Coordinates, truncation, weights and the mix are the operations of
- * oblique_point and mix8 in their order, in double, without fused multiply-add: the same
- * bytes. */
+ * along it as one word (64 bits of float32, 32 bits of int16), four gathers instead of eight
+ * (offsets from `in` in int32: the caller checks they fit). Coordinates, truncation, weights
+ * and the mix are the operations of oblique_point and mix8 in their order, in double, without
+ * fused multiply-add: the same bytes. */
 __attribute__((target("avx512f"), always_inline))
 static inline unsigned int
-oblique_avx512_along(const float *in, const double b[3], const double mq[3], Py_ssize_t k0,
+oblique_avx512_along(const void *in, const double b[3], const double mq[3], Py_ssize_t k0,
                      Py_ssize_t len, const double top[3], const int s[3], const int t[3],
-                     const int a, float *line)
+                     const int a, const int kind, float *line)
 {
     const int u = a == 0 ? 1 : 0, v = a == 2 ? 1 : 2;  /* the two other axes */
     const __m256i su = _mm256_set1_epi32(s[u]), sv = _mm256_set1_epi32(s[v]);
@@ -286,20 +319,38 @@ oblique_avx512_along(const float *in, const double b[3], const double mq[3], Py_
             _mm256_add_epi32(_mm256_mullo_epi32(l[0], a == 0 ? sa : (u == 0 ? su : sv)),
                              _mm256_mullo_epi32(l[1], a == 1 ? sa : (u == 1 ? su : sv))),
             _mm256_mullo_epi32(l[2], a == 2 ? sa : (u == 2 ? su : sv)));
-        /* pair[g]: the neighbours (low, high along a) at step g & 1 along u and g >> 1 along v */
-        const __m512i pair[4] = {
-            _mm512_i32gather_epi64(base, (const void *)in, 4),
-            _mm512_i32gather_epi64(_mm256_add_epi32(base, ou), (const void *)in, 4),
-            _mm512_i32gather_epi64(_mm256_add_epi32(base, ov), (const void *)in, 4),
-            _mm512_i32gather_epi64(_mm256_add_epi32(base, ouv), (const void *)in, 4),
-        };
-        /* p[j]: neighbour (j >> 2, (j >> 1) & 1, j & 1) along input axes 0, 1, 2 */
+        const __m256i at[4] = {base, _mm256_add_epi32(base, ou), _mm256_add_epi32(base, ov),
+                               _mm256_add_epi32(base, ouv)};
+        /* p[j]: neighbour (j >> 2, (j >> 1) & 1, j & 1) along input axes 0, 1, 2; the pair
+         * of word g holds the neighbours (low, high along a) at step g & 1 along u and
+         * g >> 1 along v */
         __m512d p[8];
-        for (int j = 0; j < 8; j++) {
-            const int step[3] = {j >> 2, (j >> 1) & 1, j & 1};
-            const __m512i word = pair[step[u] | (step[v] << 1)];
-            const __m512i half = step[a] ? _mm512_srli_epi64(word, 32) : word;
-            p[j] = _mm512_cvtps_pd(_mm256_castsi256_ps(_mm512_cvtepi64_epi32(half)));
+        if (kind == VOX_F32) {
+            __m512i pair[4];
+            for (int g = 0; g < 4; g++)
+                pair[g] = _mm512_i32gather_epi64(at[g], in, 4);
+            for (int j = 0; j < 8; j++) {
+                const int step[3] = {j >> 2, (j >> 1) & 1, j & 1};
+                const __m512i word = pair[step[u] | (step[v] << 1)];
+                const __m512i half = step[a] ? _mm512_srli_epi64(word, 32) : word;
+                p[j] = _mm512_cvtps_pd(_mm256_castsi256_ps(_mm512_cvtepi64_epi32(half)));
+            }
+        } else {
+            __m256i pair[4];
+            for (int g = 0; g < 4; g++)
+                pair[g] = _mm256_i32gather_epi32((const int *)in, at[g], 2);
+            for (int j = 0; j < 8; j++) {
+                const int step[3] = {j >> 2, (j >> 1) & 1, j & 1};
+                const __m256i word = pair[step[u] | (step[v] << 1)];
+                __m256i value;  /* the low or high 16 bits, widened to int32 */
+                if (kind == VOX_I16)
+                    value = step[a] ? _mm256_srai_epi32(word, 16)
+                                    : _mm256_srai_epi32(_mm256_slli_epi32(word, 16), 16);
+                else
+                    value = step[a] ? _mm256_srli_epi32(word, 16)
+                                    : _mm256_and_si256(word, _mm256_set1_epi32(0xFFFF));
+                p[j] = _mm512_cvtepi32_pd(value);
+            }
         }
         const __m512d v00 = _mm512_add_pd(p[0], _mm512_mul_pd(w[2], _mm512_sub_pd(p[1], p[0])));
         const __m512d v01 = _mm512_add_pd(p[2], _mm512_mul_pd(w[2], _mm512_sub_pd(p[3], p[2])));
@@ -314,19 +365,24 @@ oblique_avx512_along(const float *in, const double b[3], const double mq[3], Py_
     return done;
 }
 
-/* oblique_avx512_along, compiled once for each axis of unit stride */
+/* oblique_avx512_along, compiled once for each voxel kind and axis of unit stride */
+#define OBLIQUE_ALONG(kind)                                                                   \
+    (a == 0 ? oblique_avx512_along(in, b, mq, k0, len, top, s, t, 0, kind, line)              \
+     : a == 1 ? oblique_avx512_along(in, b, mq, k0, len, top, s, t, 1, kind, line)            \
+     : oblique_avx512_along(in, b, mq, k0, len, top, s, t, 2, kind, line))
 __attribute__((target("avx512f")))
 static unsigned int
-oblique_avx512(const float *in, const double b[3], const double mq[3], Py_ssize_t k0,
+oblique_avx512(const void *in, const double b[3], const double mq[3], Py_ssize_t k0,
                Py_ssize_t len, const double top[3], const int s[3], const int t[3], int a,
-               float *line)
+               int kind, float *line)
 {
-    if (a == 0)
-        return oblique_avx512_along(in, b, mq, k0, len, top, s, t, 0, line);
-    if (a == 1)
-        return oblique_avx512_along(in, b, mq, k0, len, top, s, t, 1, line);
-    return oblique_avx512_along(in, b, mq, k0, len, top, s, t, 2, line);
+    if (kind == VOX_I16)
+        return OBLIQUE_ALONG(VOX_I16);
+    if (kind == VOX_U16)
+        return OBLIQUE_ALONG(VOX_U16);
+    return OBLIQUE_ALONG(VOX_F32);
 }
+#undef OBLIQUE_ALONG
 #endif
 
 /* Ask for the input an output tile will read (its bounding box, inclusive output indices
@@ -335,8 +391,8 @@ oblique_avx512(const float *in, const double b[3], const double mq[3], Py_ssize_
  * hardware prefetchers do not foresee, and waits on each (memory latency, worst when the
  * other cores stream through the shared cache). Regions too big to be worth it are left. */
 static void
-prefetch_tile(const float *in, const Py_ssize_t n[3], const Py_ssize_t s[3], const double *m,
-              const double *o, const Py_ssize_t lo[3], const Py_ssize_t hi[3])
+prefetch_tile(const void *in, Py_ssize_t item, const Py_ssize_t n[3], const Py_ssize_t s[3],
+              const double *m, const double *o, const Py_ssize_t lo[3], const Py_ssize_t hi[3])
 {
     Py_ssize_t from[3], to[3];
     for (int a = 0; a < 3; a++) {
@@ -356,16 +412,17 @@ prefetch_tile(const float *in, const Py_ssize_t n[3], const Py_ssize_t s[3], con
         if (llabs((long long)s[a]) < llabs((long long)s[f]))
             f = a;
     const int g = f == 0 ? 1 : 0, h = f == 2 ? 1 : 2;
-    const Py_ssize_t fs = llabs((long long)s[f]), step = fs >= 16 ? 1 : 16 / (fs ? fs : 1);
+    /* one prefetch per 64-byte cache line */
+    const Py_ssize_t fs = llabs((long long)s[f]) * item, step = fs >= 64 ? 1 : 64 / (fs ? fs : 1);
     const Py_ssize_t lines = (to[g] - from[g] + 1) * (to[h] - from[h] + 1);
     if (lines * ((to[f] - from[f]) / step + 2) > 8192)
         return;
     for (Py_ssize_t i = from[g]; i <= to[g]; i++)
         for (Py_ssize_t j = from[h]; j <= to[h]; j++) {
-            const float *line = in + i * s[g] + j * s[h];
+            const char *line = (const char *)in + (i * s[g] + j * s[h]) * item;
             for (Py_ssize_t k = from[f]; k <= to[f]; k += step)
-                __builtin_prefetch(line + k * s[f], 0, 2);
-            __builtin_prefetch(line + to[f] * s[f], 0, 2);
+                __builtin_prefetch(line + k * s[f] * item, 0, 2);
+            __builtin_prefetch(line + to[f] * s[f] * item, 0, 2);
         }
 }
 
@@ -440,12 +497,12 @@ read_range(const Py_ssize_t *low, Py_ssize_t from, Py_ssize_t to, Py_ssize_t ste
     }
 }
 
-KERNELS_CLONES
-static int
-trilinear_axes(const float *in, const Py_ssize_t *n, const Py_ssize_t *s, float *res,
-               const Py_ssize_t *d, const double *m, const double *o, const int *perm, float fill,
-               struct sample *smp)
+static inline __attribute__((always_inline)) int
+trilinear_axes_of(const void *in, const Py_ssize_t *n, const Py_ssize_t *s, float *res,
+                  const Py_ssize_t *d, const double *m, const double *o, const int *perm,
+                  float fill, struct sample *smp, const int kind)
 {
+    const Py_ssize_t item = kind == VOX_F32 ? 4 : 2;
     struct axis_table tab[3] = {{NULL, NULL, 0, 0}, {NULL, NULL, 0, 0}, {NULL, NULL, 0, 0}};
     float *P = NULL;
     int failed = 0;
@@ -508,16 +565,17 @@ trilinear_axes(const float *in, const Py_ssize_t *n, const Py_ssize_t *s, float 
                 if (v + 2 < vlo + nv)
                     for (Py_ssize_t k = 0; k <= len; k++) {
                         const Py_ssize_t z = k < len ? zl[k] : zl[len - 1] + (t2 != 0);
-                        const float *ahead = in + (v + 2) * s[A1] + z * s[A2];
-                        __builtin_prefetch(ahead + ulo * s[A0], 0, 2);
-                        __builtin_prefetch(ahead + uhi * s[A0], 0, 2);
+                        const Py_ssize_t ahead = (v + 2) * s[A1] + z * s[A2];
+                        __builtin_prefetch((const char *)in + (ahead + ulo * s[A0]) * item, 0, 2);
+                        __builtin_prefetch((const char *)in + (ahead + uhi * s[A0]) * item, 0, 2);
                     }
                 for (Py_ssize_t u = ulo; u <= uhi; u++) {
-                    const float *line = in + u * s[A0] + v * s[A1];
+                    const Py_ssize_t line = u * s[A0] + v * s[A1];
                     float *p = P + ((u - ulo) * nv + (v - vlo)) * BLOCK;
                     for (Py_ssize_t k = 0; k < len; k++) {
-                        const float *q = line + zl[k] * s[A2];
-                        p[k] = q[0] + zw[k] * (q[t2] - q[0]);
+                        const Py_ssize_t q = line + zl[k] * s[A2];
+                        const float q0 = voxel(in, q, kind);
+                        p[k] = q0 + zw[k] * (voxel(in, q + t2, kind) - q0);
                     }
                 }
             }
@@ -559,101 +617,60 @@ done:
     return failed ? -1 : 0;
 }
 
-static PyObject *
-trilinear(PyObject *self, PyObject *args)
+/* trilinear_axes_of for each voxel kind, each in versions for wider vectors */
+KERNELS_CLONES
+static int
+trilinear_axes_f32(const void *in, const Py_ssize_t *n, const Py_ssize_t *s, float *res,
+                   const Py_ssize_t *d, const double *m, const double *o, const int *perm,
+                   float fill, struct sample *smp)
 {
-    PyObject *src_obj, *out_obj, *keys_obj = Py_None;
-    double m[9], o[3], cval, limit = 0.0;
-    if (!PyArg_ParseTuple(args, "OO(ddddddddd)(ddd)d|Od", &src_obj, &out_obj,
-                          &m[0], &m[1], &m[2], &m[3], &m[4], &m[5], &m[6], &m[7], &m[8],
-                          &o[0], &o[1], &o[2], &cval, &keys_obj, &limit))
-        return NULL;
-    Py_buffer src, out, keys = {0};
-    if (get_source_output(src_obj, &src, out_obj, &out) < 0)
-        return NULL;
-    struct sample sampling = {NULL, 0, (float)limit}, *smp = NULL;
-    if (keys_obj != Py_None) {
-        const Py_ssize_t even = ((out.shape[0] + 1) / 2) * ((out.shape[1] + 1) / 2)
-                                * ((out.shape[2] + 1) / 2);
-        if (PyObject_GetBuffer(keys_obj, &keys, PyBUF_FORMAT | PyBUF_C_CONTIGUOUS
-                               | PyBUF_WRITABLE) < 0) {
-            PyBuffer_Release(&src);
-            PyBuffer_Release(&out);
-            return NULL;
-        }
-        if (keys.itemsize != 4 || strcmp(keys.format, "I") != 0 || keys.len / 4 < even) {
-            PyBuffer_Release(&keys);
-            PyBuffer_Release(&src);
-            PyBuffer_Release(&out);
-            PyErr_SetString(PyExc_ValueError, "keys: a uint32 array with room for every even "
-                            "position of the output is needed");
-            return NULL;
-        }
-        sampling.keys = (uint32_t *)keys.buf;
-        smp = &sampling;
-    }
-    const float *in = (const float *)src.buf;
-    float *res = (float *)out.buf;
-    const Py_ssize_t n0 = src.shape[0], n1 = src.shape[1], n2 = src.shape[2];
-    const Py_ssize_t s0 = src.strides[0] / 4, s1 = src.strides[1] / 4, s2 = src.strides[2] / 4;
-    const Py_ssize_t d0 = out.shape[0], d1 = out.shape[1], d2 = out.shape[2];
-    const float fill = (float)cval;
-    /* a single voxel along an axis: both neighbours are that voxel */
-    const Py_ssize_t t0 = n0 > 1 ? s0 : 0, t1 = n1 > 1 ? s1 : 0, t2 = n2 > 1 ? s2 : 0;
-    /* below these, the lower neighbour is at most n - 2 and both neighbours exist */
-    const double top0 = (double)(n0 - 1), top1 = (double)(n1 - 1), top2 = (double)(n2 - 1);
+    return trilinear_axes_of(in, n, s, res, d, m, o, perm, fill, smp, VOX_F32);
+}
 
-    vector_check();
-    /* axis-aligned when every row and column of m has a single nonzero entry */
-    int perm[3] = {-1, -1, -1}, aligned = 1;
-    for (int c = 0; c < 3; c++) {
-        int count = 0;
-        for (int a = 0; a < 3; a++)
-            if (m[3 * a + c] != 0.0) {
-                perm[c] = a;
-                count++;
-            }
-        aligned &= count == 1;
-    }
-    aligned &= perm[0] != perm[1] && perm[1] != perm[2] && perm[0] != perm[2];
-    if (aligned) {
-        const Py_ssize_t n[3] = {n0, n1, n2}, s[3] = {s0, s1, s2}, d[3] = {d0, d1, d2};
-        int failed;
-        Py_BEGIN_ALLOW_THREADS
-        failed = trilinear_axes(in, n, s, res, d, m, o, perm, fill, smp);
-        Py_END_ALLOW_THREADS
-        PyBuffer_Release(&src);
-        PyBuffer_Release(&out);
-        if (smp != NULL)
-            PyBuffer_Release(&keys);
-        if (failed)
-            return PyErr_NoMemory();
-        if (smp != NULL)
-            return PyLong_FromSsize_t(sampling.n);
-        Py_RETURN_NONE;
-    }
+KERNELS_CLONES
+static int
+trilinear_axes_i16(const void *in, const Py_ssize_t *n, const Py_ssize_t *s, float *res,
+                   const Py_ssize_t *d, const double *m, const double *o, const int *perm,
+                   float fill, struct sample *smp)
+{
+    return trilinear_axes_of(in, n, s, res, d, m, o, perm, fill, smp, VOX_I16);
+}
 
-    /* Tiles of the output: the input a tile reads (about (TILE + 1)^3 voxels) stays in the
-     * cache whatever the orientations of the two grids, so each input line is fetched once.
-     * The innermost loop runs along the output's rows (contiguous writes): measured faster
-     * than along the input's memory order with strided writes. */
-    const Py_ssize_t d[3] = {d0, d1, d2}, ostride[3] = {d1 * d2, d2, 1};
+KERNELS_CLONES
+static int
+trilinear_axes_u16(const void *in, const Py_ssize_t *n, const Py_ssize_t *s, float *res,
+                   const Py_ssize_t *d, const double *m, const double *o, const int *perm,
+                   float fill, struct sample *smp)
+{
+    return trilinear_axes_of(in, n, s, res, d, m, o, perm, fill, smp, VOX_U16);
+}
+
+/* Oblique grids, in tiles of the output: the input a tile reads (about (TILE + 1)^3 voxels)
+ * stays in the cache whatever the orientations of the two grids, so each input line is
+ * fetched once. The innermost loop runs along the output's rows (contiguous writes): measured
+ * faster than along the input's memory order with strided writes. vector: the AVX-512 code
+ * may run, along input axis `along` (of unit stride). */
+static inline __attribute__((always_inline)) void
+trilinear_oblique_of(const void *in, const Py_ssize_t n[3], const Py_ssize_t s[3], float *res,
+                     const Py_ssize_t d[3], const double *m, const double *o, float fill,
+                     struct sample *smp, int vector, int along, const int kind)
+{
+    const Py_ssize_t item = kind == VOX_F32 ? 4 : 2;
+    const Py_ssize_t ostride[3] = {d[1] * d[2], d[2], 1};
     const int q = 2;
     const int P = q == 0 ? 1 : 0, R = q == 2 ? 1 : 2;  /* the outer and middle axes */
-    const Py_ssize_t n[3] = {n0, n1, n2}, s[3] = {s0, s1, s2}, t[3] = {t0, t1, t2};
-    const double top[3] = {top0, top1, top2}, mq[3] = {m[q], m[3 + q], m[6 + q]};
+    /* a single voxel along an axis: both neighbours are that voxel */
+    const Py_ssize_t t[3] = {n[0] > 1 ? s[0] : 0, n[1] > 1 ? s[1] : 0, n[2] > 1 ? s[2] : 0};
+    /* below these, the lower neighbour is at most n - 2 and both neighbours exist */
+    const double top[3] = {(double)(n[0] - 1), (double)(n[1] - 1), (double)(n[2] - 1)};
+    const double mq[3] = {m[q], m[3 + q], m[6 + q]};
 #ifdef KERNELS_AVX512
-    /* the vector code fetches pairs along an axis of unit stride, with int32 offsets */
-    int along = -1;
-    for (int ax = 2; ax >= 0; ax--)
-        if (s[ax] == 1 && n[ax] > 1)
-            along = ax;
-    const double reach = (double)(n0 - 1) * fabs((double)s0) + (double)(n1 - 1) * fabs((double)s1)
-                         + (double)(n2 - 1) * fabs((double)s2);
-    const int vector = use_avx512 == 1 && along >= 0 && reach < 2147483647.0;
-    const int s32[3] = {(int)s0, (int)s1, (int)s2}, t32[3] = {(int)t0, (int)t1, (int)t2};
+    const int s32[3] = {(int)s[0], (int)s[1], (int)s[2]};
+    const int t32[3] = {(int)t[0], (int)t[1], (int)t[2]};
+#else
+    (void)vector;
+    (void)along;
 #endif
-    Py_BEGIN_ALLOW_THREADS
     for (Py_ssize_t tp = 0; tp < d[P]; tp += TILE)
     for (Py_ssize_t tr = 0; tr < d[R]; tr += TILE)
     for (Py_ssize_t tq = 0; tq < d[q]; tq += TILE) {
@@ -677,7 +694,7 @@ trilinear(PyObject *self, PyObject *args)
                 Py_ssize_t last[3];
                 for (int c = 0; c < 3; c++)
                     last[c] = (next[c] + TILE < d[c] ? next[c] + TILE : d[c]) - 1;
-                prefetch_tile(in, n, s, m, o, next, last);
+                prefetch_tile(in, item, n, s, m, o, next, last);
             }
         }
         for (Py_ssize_t x = tp; x < ep; x++) {
@@ -692,12 +709,12 @@ trilinear(PyObject *self, PyObject *args)
                 if (vector) {
                     const double b[3] = {b0, b1, b2};
                     const unsigned int done = oblique_avx512(in, b, mq, tq, len, top, s32, t32,
-                                                             along, line);
+                                                             along, kind, line);
                     for (Py_ssize_t k = 0; k < len; k++)
                         if (!(done >> k & 1u))
                             line[k * step] = oblique_point(in, n, s, t, top, b0 + m[q] * (k + tq),
                                                            b1 + m[3 + q] * (k + tq),
-                                                           b2 + m[6 + q] * (k + tq), fill);
+                                                           b2 + m[6 + q] * (k + tq), fill, kind);
                     continue;
                 }
 #endif
@@ -708,8 +725,8 @@ trilinear(PyObject *self, PyObject *args)
                 for (Py_ssize_t k = 0; k < len; k++) {
                     const double c0 = b0 + m[q] * (k + tq), c1 = b1 + m[3 + q] * (k + tq);
                     const double c2 = b2 + m[6 + q] * (k + tq);
-                    inside[k] = (c0 >= 0.0) & (c0 < top0) & (c1 >= 0.0) & (c1 < top1)
-                                & (c2 >= 0.0) & (c2 < top2);
+                    inside[k] = (c0 >= 0.0) & (c0 < top[0]) & (c1 >= 0.0) & (c1 < top[1])
+                                & (c2 >= 0.0) & (c2 < top[2]);
                     ci[0][k] = inside[k] ? (int)c0 : 0;
                     ci[1][k] = inside[k] ? (int)c1 : 0;
                     ci[2][k] = inside[k] ? (int)c2 : 0;
@@ -719,12 +736,13 @@ trilinear(PyObject *self, PyObject *args)
                 }
                 for (Py_ssize_t k = 0; k < len; k++) {
                     if (inside[k])
-                        line[k * step] = mix8(in + ci[0][k] * s0 + ci[1][k] * s1 + ci[2][k] * s2,
-                                              t0, t1, t2, cw[0][k], cw[1][k], cw[2][k]);
+                        line[k * step] = mix8(in, ci[0][k] * s[0] + ci[1][k] * s[1]
+                                              + ci[2][k] * s[2], t[0], t[1], t[2], cw[0][k],
+                                              cw[1][k], cw[2][k], kind);
                     else
                         line[k * step] = oblique_point(in, n, s, t, top, b0 + m[q] * (k + tq),
                                                        b1 + m[3 + q] * (k + tq),
-                                                       b2 + m[6 + q] * (k + tq), fill);
+                                                       b2 + m[6 + q] * (k + tq), fill, kind);
                 }
             }
             /* the pieces of row x, once written (as in trilinear_axes) */
@@ -732,14 +750,119 @@ trilinear(PyObject *self, PyObject *args)
                 sample_run(smp, res + x * ostride[P] + y * ostride[R], x, y, tq, tq + len);
         }
     }
-    Py_END_ALLOW_THREADS
+}
 
+/* trilinear_oblique_of for each voxel kind */
+static void
+trilinear_oblique_f32(const void *in, const Py_ssize_t n[3], const Py_ssize_t s[3], float *res,
+                      const Py_ssize_t d[3], const double *m, const double *o, float fill,
+                      struct sample *smp, int vector, int along)
+{
+    trilinear_oblique_of(in, n, s, res, d, m, o, fill, smp, vector, along, VOX_F32);
+}
+
+static void
+trilinear_oblique_i16(const void *in, const Py_ssize_t n[3], const Py_ssize_t s[3], float *res,
+                      const Py_ssize_t d[3], const double *m, const double *o, float fill,
+                      struct sample *smp, int vector, int along)
+{
+    trilinear_oblique_of(in, n, s, res, d, m, o, fill, smp, vector, along, VOX_I16);
+}
+
+static void
+trilinear_oblique_u16(const void *in, const Py_ssize_t n[3], const Py_ssize_t s[3], float *res,
+                      const Py_ssize_t d[3], const double *m, const double *o, float fill,
+                      struct sample *smp, int vector, int along)
+{
+    trilinear_oblique_of(in, n, s, res, d, m, o, fill, smp, vector, along, VOX_U16);
+}
+
+static PyObject *
+trilinear(PyObject *self, PyObject *args)
+{
+    PyObject *src_obj, *out_obj, *keys_obj = Py_None;
+    double m[9], o[3], cval, limit = 0.0;
+    if (!PyArg_ParseTuple(args, "OO(ddddddddd)(ddd)d|Od", &src_obj, &out_obj,
+                          &m[0], &m[1], &m[2], &m[3], &m[4], &m[5], &m[6], &m[7], &m[8],
+                          &o[0], &o[1], &o[2], &cval, &keys_obj, &limit))
+        return NULL;
+    Py_buffer src, out, keys = {0};
+    int kind;
+    if (get_source_output(src_obj, &src, &kind, out_obj, &out) < 0)
+        return NULL;
+    struct sample sampling = {NULL, 0, (float)limit}, *smp = NULL;
+    if (keys_obj != Py_None) {
+        const Py_ssize_t even = ((out.shape[0] + 1) / 2) * ((out.shape[1] + 1) / 2)
+                                * ((out.shape[2] + 1) / 2);
+        if (PyObject_GetBuffer(keys_obj, &keys, PyBUF_FORMAT | PyBUF_C_CONTIGUOUS
+                               | PyBUF_WRITABLE) < 0) {
+            PyBuffer_Release(&src);
+            PyBuffer_Release(&out);
+            return NULL;
+        }
+        if (keys.itemsize != 4 || strcmp(keys.format, "I") != 0 || keys.len / 4 < even) {
+            PyBuffer_Release(&keys);
+            PyBuffer_Release(&src);
+            PyBuffer_Release(&out);
+            PyErr_SetString(PyExc_ValueError, "keys: a uint32 array with room for every even "
+                            "position of the output is needed");
+            return NULL;
+        }
+        sampling.keys = (uint32_t *)keys.buf;
+        smp = &sampling;
+    }
+    const void *in = src.buf;
+    float *res = (float *)out.buf;
+    const Py_ssize_t n[3] = {src.shape[0], src.shape[1], src.shape[2]};
+    const Py_ssize_t s[3] = {src.strides[0] / src.itemsize, src.strides[1] / src.itemsize,
+                             src.strides[2] / src.itemsize};
+    const Py_ssize_t d[3] = {out.shape[0], out.shape[1], out.shape[2]};
+    const float fill = (float)cval;
+
+    vector_check();
+    /* axis-aligned when every row and column of m has a single nonzero entry */
+    int perm[3] = {-1, -1, -1}, aligned = 1;
+    for (int c = 0; c < 3; c++) {
+        int count = 0;
+        for (int a = 0; a < 3; a++)
+            if (m[3 * a + c] != 0.0) {
+                perm[c] = a;
+                count++;
+            }
+        aligned &= count == 1;
+    }
+    aligned &= perm[0] != perm[1] && perm[1] != perm[2] && perm[0] != perm[2];
+    int failed = 0;
+    if (aligned) {
+        Py_BEGIN_ALLOW_THREADS
+        failed = (kind == VOX_I16 ? trilinear_axes_i16 : kind == VOX_U16 ? trilinear_axes_u16
+                  : trilinear_axes_f32)(in, n, s, res, d, m, o, perm, fill, smp);
+        Py_END_ALLOW_THREADS
+    } else {
+        /* the vector code fetches pairs along an axis of unit stride, with int32 offsets */
+        int along = -1, vector = 0;
+#ifdef KERNELS_AVX512
+        for (int ax = 2; ax >= 0; ax--)
+            if (s[ax] == 1 && n[ax] > 1)
+                along = ax;
+        double reach = 0.0;
+        for (int ax = 0; ax < 3; ax++)
+            reach += (double)(n[ax] - 1) * fabs((double)s[ax]);
+        vector = use_avx512 == 1 && along >= 0 && reach < 2147483647.0;
+#endif
+        Py_BEGIN_ALLOW_THREADS
+        (kind == VOX_I16 ? trilinear_oblique_i16 : kind == VOX_U16 ? trilinear_oblique_u16
+         : trilinear_oblique_f32)(in, n, s, res, d, m, o, fill, smp, vector, along);
+        Py_END_ALLOW_THREADS
+    }
     PyBuffer_Release(&src);
     PyBuffer_Release(&out);
-    if (smp != NULL) {
+    if (smp != NULL)
         PyBuffer_Release(&keys);
+    if (failed)
+        return PyErr_NoMemory();
+    if (smp != NULL)
         return PyLong_FromSsize_t(sampling.n);
-    }
     Py_RETURN_NONE;
 }
 
@@ -768,7 +891,7 @@ block_sums(PyObject *self, PyObject *args)
     if (!PyArg_ParseTuple(args, "OO(nnn)", &src_obj, &out_obj, &st[0], &st[1], &st[2]))
         return NULL;
     Py_buffer src, out;
-    if (get_source_output(src_obj, &src, out_obj, &out) < 0)
+    if (get_source_output(src_obj, &src, NULL, out_obj, &out) < 0)
         return NULL;
     for (int a = 0; a < 3; a++) {
         if (st[a] < 1 || out.shape[a] * st[a] > src.shape[a]) {
@@ -855,7 +978,7 @@ shift_scale(PyObject *self, PyObject *args)
     if (!PyArg_ParseTuple(args, "Offff", &obj, &shift, &scale, &low, &high))
         return NULL;
     Py_buffer view;
-    if (get_volume(obj, &view, 1, "volume") < 0)
+    if (get_volume(obj, &view, 1, "volume", NULL) < 0)
         return NULL;
     float *v = (float *)view.buf;
     const Py_ssize_t n = view.len / 4;
@@ -1048,7 +1171,8 @@ float_tuple(const double *values, Py_ssize_t count, int nan)
  * them; then a NaN among them gives NaN). The interpolation is numpy's, in its precision:
  * float64 for a sequence of percents (weak = 0), float32 as for a single Python float
  * (weak = 1). `above` is compared in float32, as numpy compares a float32 array with a
- * Python float. -0.0 counts as 0.0. n == 0: no values. */
+ * Python float. -0.0 counts as 0.0. n == 0: no values. An int16 or uint16 source counts as
+ * its float32 values. */
 static PyObject *
 percentiles(PyObject *self, PyObject *args)
 {
@@ -1065,7 +1189,8 @@ percentiles(PyObject *self, PyObject *args)
         return NULL;
     double *values = q + nq;
     Py_buffer src;
-    if (get_volume(src_obj, &src, 0, "source") < 0) {
+    int kind;
+    if (get_volume(src_obj, &src, 0, "source", &kind) < 0) {
         PyMem_Free(q);
         return NULL;
     }
@@ -1086,9 +1211,10 @@ percentiles(PyObject *self, PyObject *args)
         PyMem_Free(q);
         return PyErr_NoMemory();
     }
-    const float *in = (const float *)src.buf;
-    const Py_ssize_t s[3] = {src.strides[0] / 4 * st[0], src.strides[1] / 4 * st[1],
-                             src.strides[2] / 4 * st[2]};
+    const void *in = src.buf;
+    const Py_ssize_t item = src.itemsize;
+    const Py_ssize_t s[3] = {src.strides[0] / item * st[0], src.strides[1] / item * st[1],
+                             src.strides[2] / item * st[2]};
     /* walk the source in its memory order: the axis of the smallest stride innermost */
     int order[3] = {0, 1, 2};
     for (int a = 0; a < 3; a++)
@@ -1109,15 +1235,16 @@ percentiles(PyObject *self, PyObject *args)
     const int ahead = reach <= 4096;
     for (Py_ssize_t a = 0; a < m[A]; a++)
         for (Py_ssize_t b = 0; b < m[B]; b++) {
-            const float *line = in + a * s[A] + b * s[B];
+            const Py_ssize_t line = a * s[A] + b * s[B];
             if (ahead) {
-                const float *next = b + 1 < m[B] ? line + s[B] : in + (a + 1) * s[A];
+                const Py_ssize_t next = b + 1 < m[B] ? line + s[B] : (a + 1) * s[A];
                 if (b + 1 < m[B] || a + 1 < m[A])
-                    for (Py_ssize_t x = 0; x <= reach; x += 16)
-                        __builtin_prefetch(next + (span < 0 ? -x : x), 0, 2);
+                    for (Py_ssize_t x = 0; x <= reach; x += 64 / item)
+                        __builtin_prefetch((const char *)in
+                                           + (next + (span < 0 ? -x : x)) * item, 0, 2);
             }
             for (Py_ssize_t c = 0; c < m[C]; c++) {
-                const float v = line[c * s[C]];
+                const float v = voxel(in, line + c * s[C], kind);
                 /* written always, kept (counted) when wanted: no branch to mispredict */
                 keys[n] = float_key(v + 0.0f);
                 if (all) {
@@ -1340,7 +1467,8 @@ head_centre(PyObject *self, PyObject *args)
 /* widen(stored, out, scale, slope, shift, inter) -> (low, high): out = stored as float32,
  * times slope when scale, plus inter when shift (float32 arithmetic: what numpy's astype,
  * *= and += give), and the range of out, in one pass. stored: a contiguous buffer of
- * native int8, uint8, int16, uint16 or int32. */
+ * native int8, uint8, int16, uint16 or int32. out None: the range (and block sums) only, the
+ * converted values going through one line's room. */
 /* the range is taken on the stored integers (a loop the compiler vectorises) and mapped: the
  * float32 operations are monotonic, so the ends map to the ends (swapped by a negative slope) */
 #define WIDEN_LOOP(type)                                                        \
@@ -1349,6 +1477,14 @@ head_centre(PyObject *self, PyObject *args)
         type lo = in[0], hi = in[0];                                            \
         for (Py_ssize_t first = 0; first < n; first += line) {                  \
             const Py_ssize_t last = first + line < n ? first + line : n;        \
+            float *to = res != NULL ? res + first : room;                       \
+            if (to == NULL) {                                                   \
+                for (Py_ssize_t i = first; i < last; i++) {                     \
+                    lo = in[i] < lo ? in[i] : lo;                               \
+                    hi = in[i] > hi ? in[i] : hi;                               \
+                }                                                               \
+                continue;                                                       \
+            }                                                                   \
             for (Py_ssize_t i = first; i < last; i++) {                         \
                 const type v = in[i];                                           \
                 lo = v < lo ? v : lo;                                           \
@@ -1358,10 +1494,10 @@ head_centre(PyObject *self, PyObject *args)
                     x = x * slope;                                              \
                 if (shift)                                                      \
                     x = x + inter;                                              \
-                res[i] = x;                                                     \
+                to[i - first] = x;                                              \
             }                                                                   \
             if (acc != NULL)                                                    \
-                line_block_sums(res + first, first / line, dim, st, bd, acc);   \
+                line_block_sums(to, first / line, dim, st, bd, acc);            \
         }                                                                       \
         low = (float)lo;                                                        \
         high = (float)hi;                                                       \
@@ -1402,10 +1538,12 @@ widen(PyObject *self, PyObject *args)
     if (!PyArg_ParseTuple(args, "OOpfpf|O(nnn)(nnn)", &src_obj, &out_obj, &scale, &slope, &shift,
                           &inter, &sums_obj, &st[0], &st[1], &st[2], &dim[0], &dim[1], &dim[2]))
         return NULL;
-    Py_buffer src, out;
+    Py_buffer src, out = {0};
     if (PyObject_GetBuffer(src_obj, &src, PyBUF_FORMAT | PyBUF_C_CONTIGUOUS) < 0)
         return NULL;
-    if (PyObject_GetBuffer(out_obj, &out, PyBUF_FORMAT | PyBUF_ANY_CONTIGUOUS | PyBUF_WRITABLE) < 0) {
+    const int converted = out_obj != Py_None;
+    if (converted && PyObject_GetBuffer(out_obj, &out, PyBUF_FORMAT | PyBUF_ANY_CONTIGUOUS
+                                        | PyBUF_WRITABLE) < 0) {
         PyBuffer_Release(&src);
         return NULL;
     }
@@ -1413,14 +1551,16 @@ widen(PyObject *self, PyObject *args)
     const int kind = strcmp(f, "b") == 0 ? 1 : strcmp(f, "B") == 0 ? 2 : strcmp(f, "h") == 0 ? 3
                      : strcmp(f, "H") == 0 ? 4 : strcmp(f, "i") == 0 ? 5 : 0;
     const Py_ssize_t n = src.itemsize ? src.len / src.itemsize : 0;
-    if (!kind || out.itemsize != 4 || strcmp(out.format, "f") != 0 || out.len != n * 4 || n == 0) {
+    if (!kind || n == 0 || (converted && (out.itemsize != 4 || strcmp(out.format, "f") != 0
+                                          || out.len != n * 4))) {
         PyBuffer_Release(&src);
-        PyBuffer_Release(&out);
+        if (converted)
+            PyBuffer_Release(&out);
         PyErr_SetString(PyExc_ValueError, "a non-empty native int8/uint8/int16/uint16/int32 "
-                        "buffer and a float32 array of as many elements are needed");
+                        "buffer and a float32 array of as many elements (or None) are needed");
         return NULL;
     }
-    float *res = (float *)out.buf;
+    float *res = converted ? (float *)out.buf : NULL, *room = NULL;
     float low = INFINITY, high = -INFINITY;
     /* with sums: block_sums of the widened volume (Fortran order, shape dim), taken line by
      * line while each is in the cache */
@@ -1441,11 +1581,16 @@ widen(PyObject *self, PyObject *args)
                 PyBuffer_Release(&sums);
         }
         const Py_ssize_t blocks = bd[0] * bd[1] * bd[2];
-        if (!bad)
+        if (!bad) {
             acc = (double *)PyMem_RawCalloc((size_t)(blocks > 0 ? blocks : 1), sizeof(double));
-        if (bad || acc == NULL) {
+            if (!converted)
+                room = (float *)PyMem_RawMalloc((size_t)(dim[0] > 0 ? dim[0] : 1) * sizeof(float));
+        }
+        if (bad || acc == NULL || (!converted && room == NULL)) {
+            PyMem_RawFree(acc);
             PyBuffer_Release(&src);
-            PyBuffer_Release(&out);
+            if (converted)
+                PyBuffer_Release(&out);
             if (!bad) {
                 PyBuffer_Release(&sums);
                 return PyErr_NoMemory();
@@ -1488,10 +1633,12 @@ widen(PyObject *self, PyObject *args)
     Py_END_ALLOW_THREADS
     if (acc != NULL) {
         PyMem_RawFree(acc);
+        PyMem_RawFree(room);
         PyBuffer_Release(&sums);
     }
     PyBuffer_Release(&src);
-    PyBuffer_Release(&out);
+    if (converted)
+        PyBuffer_Release(&out);
     return Py_BuildValue("(dd)", (double)low, (double)high);
 }
 
@@ -1549,7 +1696,8 @@ set_vector(PyObject *self, PyObject *args)
 static PyMethodDef methods[] = {
     {"trilinear", trilinear, METH_VARARGS,
      "trilinear(source, output, matrix9, offset3, cval[, keys, above]): output[i,j,k] = "
-     "source at matrix @ (i,j,k) + offset, interpolated linearly; cval outside. With keys: "
+     "source (float32, int16 or uint16) at matrix @ (i,j,k) + offset, interpolated linearly; "
+     "cval outside. With keys: "
      "also the keys of output[::2, ::2, ::2] > above, and how many (see percentiles)."},
     {"set_vector", set_vector, METH_VARARGS,
      "set_vector(on): let the oblique path and the sample run their vector (AVX-512) code "
@@ -1566,8 +1714,9 @@ static PyMethodDef methods[] = {
      "head_centre(mask, steps3, affine12, height) -> (x, y, z, top): the world mean of the "
      "mask's blocks within height mm of the highest (top)."},
     {"widen", widen, METH_VARARGS,
-     "widen(stored, out, scale, slope, shift, inter) -> (low, high): out = float32(stored) "
-     "[* slope] [+ inter] and its range, in one pass."},
+     "widen(stored, out, scale, slope, shift, inter[, sums, steps3, shape3]) -> (low, high): "
+     "out = float32(stored) [* slope] [+ inter] (out None: not kept) and its range, with "
+     "sums: its block sums, in one pass."},
     {"sample_percentiles", sample_percentiles, METH_VARARGS,
      "sample_percentiles(keys, n, percents, weak) -> values: numpy's percentiles of the n "
      "values whose keys trilinear() sampled."},

@@ -179,8 +179,9 @@ def _compute(record: index.ImageRecord, output_dir: Path, params: PreprocessingP
         return step
     if overwrite or not store.is_up_to_date(tensor, sidecar, source.sha, params.as_dict()):
         try:
-            volume = load_volume(record.path, source.raw, source.content)
-            # the voxels have their own array now: the file's bytes need not stay meanwhile
+            # stored int16/uint16 stay as they are, in the decompressed bytes: no float32 copy
+            volume = load_volume(record.path, source.raw, source.content, integers=True)
+            # the voxels hold what they need now (their own array, or a view of the bytes)
             source.raw, source.content = b"", None
             step.result = preprocess_volume(*volume, params)
         except BadImageError as exc:

@@ -54,6 +54,13 @@ _CHOICES = {
 _BLOCK_MM = 4.0
 # stored types that _kernels.widen converts (numpy's type characters)
 _WIDENED = frozenset("bBhHi")
+# stored types that the kernels resample as they are (besides float32)
+_RESAMPLED = frozenset("hH")
+
+
+def _as_stored(data: np.ndarray) -> bool:
+    """Whether the kernels read ``data`` as it is: native int16 or uint16 (and they are built)."""
+    return _kernels is not None and data.dtype.char in _RESAMPLED and data.dtype.isnative
 _HEAD_FRACTION = 0.1
 _STATS_MAX_VOXELS = 2_000_000
 # The smallest field of view taken for an image of a head (a brain is over 100 mm across).
@@ -173,7 +180,7 @@ def decompress(raw: bytes) -> bytes | None:
         return None
 
 
-def _read_volume(path: Path, raw: bytes, content: bytes | None = None
+def _read_volume(path: Path, raw: bytes, content: bytes | None = None, integers: bool = False
                  ) -> tuple[np.ndarray, np.ndarray, np.dtype, tuple[float, float] | None,
                             tuple[tuple[int, ...], np.ndarray] | None]:
     """(float32 voxels with scaling applied, affine, stored dtype, their range and the head
@@ -181,7 +188,9 @@ def _read_volume(path: Path, raw: bytes, content: bytes | None = None
     bytes (``content``: those bytes decompressed already).
 
     The voxels are read straight from the decompressed bytes: one conversion to float32, no
-    intermediate copies; the array keeps the file's (Fortran) voxel order.
+    intermediate copies; the array keeps the file's (Fortran) voxel order. ``integers``: int16
+    and uint16 voxels without scaling stay as they are stored (a read-only view of the bytes,
+    no conversion at all), for the kernels that read them directly.
     """
     try:
         if content is None:
@@ -217,6 +226,9 @@ def _read_volume(path: Path, raw: bytes, content: bytes | None = None
             blocks = (steps, np.empty([n // k for n, k in zip(volume, steps, strict=True)],
                                       np.float32))
         extra = (blocks[1], steps, volume) if blocks is not None else ()
+        if integers and not (scale or shift) and native.dtype.char in _RESAMPLED:
+            low, high = _kernels.widen(native, None, False, 1.0, False, 0.0, *extra)
+            return native.reshape(shape, order="F"), affine, dtype, (low, high), blocks
         low, high = _kernels.widen(native, data.reshape(-1, order="A"), scale,
                                    float(np.float32(slope)) if scale else 1.0, shift,
                                    float(np.float32(inter)) if shift else 0.0, *extra)
@@ -236,8 +248,8 @@ def load_image(path: str | Path, raw: bytes | None = None,
     return nib.Nifti1Image(data, affine, extra=extra)
 
 
-def load_volume(path: str | Path, raw: bytes | None = None,
-                content: bytes | None = None) -> tuple[np.ndarray, np.ndarray, dict]:
+def load_volume(path: str | Path, raw: bytes | None = None, content: bytes | None = None,
+                integers: bool = False) -> tuple[np.ndarray, np.ndarray, dict]:
     """Read a NIfTI file fully and check that it holds one usable 3-D volume.
 
     Compression is told from the content, so gzip data named ``.nii`` loads too. A 4-D image
@@ -253,11 +265,16 @@ def load_volume(path: str | Path, raw: bytes | None = None,
         The file's bytes, when the caller has read them already (to hash them, say).
     content
         Those bytes decompressed, when the caller has done it already (ahead, in a thread).
+    integers
+        Give int16 and uint16 voxels stored without scaling as they are (a read-only view of
+        the decompressed bytes) instead of float32: :func:`preprocess_volume` resamples them
+        directly, to the same tensor, without a float32 copy of the volume.
 
     Returns
     -------
     tuple
-        The volume (float32, held in memory), the file's affine and the facts (``extra``).
+        The volume (float32, or the stored integers with ``integers``), the file's affine and
+        the facts (``extra``).
 
     Raises
     ------
@@ -275,7 +292,8 @@ def load_volume(path: str | Path, raw: bytes | None = None,
     try:
         if raw is None:
             raw = path.read_bytes()
-        data, affine, source_dtype, value_range, blocks = _read_volume(path, raw, content)
+        data, affine, source_dtype, value_range, blocks = _read_volume(path, raw, content,
+                                                                       integers)
     except BadImageError:
         raise
     except (EOFError, zlib.error, gzip.BadGzipFile) as exc:
@@ -341,6 +359,8 @@ def _block_means(data: np.ndarray, affine: np.ndarray,
     steps = np.array(_block_steps(data.shape, affine))
     if sums is not None and tuple(sums[0]) == tuple(steps):
         return sums[1] / np.float32(np.prod(steps)), steps
+    if _as_stored(data):
+        data = data.astype(np.float32)  # as the float32 volume sums
     if _kernels is not None and data.dtype == np.float32:
         sums = np.empty([n // s for n, s in zip(data.shape, steps, strict=True)], np.float32)
         _kernels.block_sums(data, sums, tuple(int(s) for s in steps))
@@ -364,13 +384,14 @@ def _percentiles(volume: np.ndarray, percents: float | tuple[float, ...], step: 
     copying or partitioning the values: the same numbers, several times faster."""
     weak = isinstance(percents, (int, float))
     wanted = (float(percents),) if weak else tuple(float(p) for p in percents)
-    if _kernels is not None and volume.dtype == np.float32 and volume.ndim == 3:
+    if _kernels is not None and (volume.dtype == np.float32 or _as_stored(volume)) \
+            and volume.ndim == 3:
         n, values = _kernels.percentiles(volume, (step,) * 3,
                                          math.nan if above is None else float(above), wanted, weak)
         if not n:
             return 0, None
         return n, np.float32(values[0]) if weak else np.array(values)
-    values = _picked(volume, step, above)
+    values = _picked(volume, step, above).astype(np.float32, copy=False)  # as float32 voxels
     if not values.size:
         return 0, None
     return values.size, np.percentile(values, percents)
@@ -541,8 +562,9 @@ def _resample(data: np.ndarray, in_affine: np.ndarray, out_affine: np.ndarray,
         if sample is not None:
             keys = np.empty(math.prod((n + 1) // 2 for n in shape), np.uint32)
             extra = (keys, float(sample["above"]))
-        n = _kernels.trilinear(np.asarray(data, dtype=np.float32), out, tuple(matrix.ravel()),
-                               tuple(offset), float(cval), *extra)
+        source = data if _as_stored(data) else np.asarray(data, dtype=np.float32)
+        n = _kernels.trilinear(source, out, tuple(matrix.ravel()), tuple(offset), float(cval),
+                               *extra)
         if sample is not None:
             sample.update(keys=extra[0], n=n)
         return out
@@ -656,7 +678,9 @@ def preprocess_volume(data: np.ndarray, affine: np.ndarray, extra: dict,
     affine, the facts), without a nibabel image in between."""
     params = params or PreprocessingParams()
     name = str(extra.get("source") or "image")
-    data = np.asanyarray(data, dtype=np.float32)
+    data = np.asanyarray(data)
+    if not _as_stored(data):  # stored int16/uint16 are resampled as they are
+        data = data.astype(np.float32, copy=False)
     if data.ndim == 4 and data.shape[3] == 1:
         data = data[..., 0]
     if data.ndim != 3:

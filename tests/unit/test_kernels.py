@@ -507,3 +507,123 @@ def test_trilinear_takes_the_normalisation_sample_as_it_goes():
     with pytest.raises(ValueError, match="room"):
         kernels.trilinear(data, out, tuple(matrix.ravel()), tuple(offset), cval,
                           np.empty(1, np.uint32), above)
+
+
+def _integer_layouts(stored: np.ndarray) -> list[np.ndarray]:
+    """C and Fortran order, unit stride along the middle axis, flipped, strided."""
+    middle = np.ascontiguousarray(stored.transpose(0, 2, 1)).transpose(0, 2, 1)
+    return [stored, np.asfortranarray(stored), middle, stored[::-1], stored[:, ::2]]
+
+
+@pytest.mark.parametrize("dtype", [np.int16, np.uint16])
+def test_trilinear_reads_stored_integers_as_their_float32_copy(dtype):
+    """int16 and uint16 volumes are resampled as they are stored: the same bytes (and the same
+    normalisation sample) as from their float32 copy, on oblique and axis-aligned grids, in
+    every layout, with the vector code and without, over the whole range of the type."""
+    kernels = _kernels()
+    rng = np.random.default_rng(67)
+    info = np.iinfo(dtype)
+    stored = rng.integers(info.min, info.max, (33, 29, 38), endpoint=True).astype(dtype)
+    stored[:4] = info.min
+    stored[-4:] = info.max
+    compared = 0
+    try:
+        for vector in (True, False):
+            kernels.set_vector(vector)
+            for data in _integer_layouts(stored):
+                for it in range(5):
+                    if it % 2:
+                        matrix, _ = axis_aligned_matrix(rng, [0.6, 1.0, 1.3])
+                    else:
+                        matrix = _random_rotation(rng) * rng.uniform(0.5, 1.4, 3)
+                    offset = rng.uniform(-8.0, 30.0, 3)
+                    shape = tuple(int(n) for n in rng.integers(9, 44, 3))
+                    above = float(rng.uniform(info.min, info.max))
+                    got, expected = np.empty(shape, np.float32), np.empty(shape, np.float32)
+                    keys = np.empty(math.prod((n + 1) // 2 for n in shape), np.uint32)
+                    keys_expected = keys.copy()
+                    n = kernels.trilinear(data, got, tuple(matrix.ravel()), tuple(offset), -1.5,
+                                          keys, above)
+                    n_expected = kernels.trilinear(data.astype(np.float32), expected,
+                                                   tuple(matrix.ravel()), tuple(offset), -1.5,
+                                                   keys_expected, above)
+                    assert got.tobytes() == expected.tobytes()
+                    assert n == n_expected and keys[:n].tobytes() == keys_expected[:n].tobytes()
+                    compared += 1
+    finally:
+        kernels.set_vector(True)
+    assert compared == 50
+    with pytest.raises(ValueError, match="native order"):
+        kernels.trilinear(stored.astype(">i2"), np.empty((4, 4, 4), np.float32),
+                          (1.0, 0, 0, 0, 1.0, 0, 0, 0, 1.0), (0.0, 0.0, 0.0), 0.0)
+    with pytest.raises(ValueError, match="int16 or uint16"):
+        kernels.trilinear(stored.astype(np.int32), np.empty((4, 4, 4), np.float32),
+                          (1.0, 0, 0, 0, 1.0, 0, 0, 0, 1.0), (0.0, 0.0, 0.0), 0.0)
+
+
+@pytest.mark.parametrize("dtype", [np.int16, np.uint16])
+def test_percentiles_of_stored_integers_are_those_of_their_float32_copy(dtype):
+    kernels = _kernels()
+    rng = np.random.default_rng(71)
+    stored = rng.integers(0, 900, (30, 26, 21)).astype(dtype)
+    for data in _integer_layouts(stored):
+        for steps, above in [((1, 1, 1), math.nan), ((4, 4, 4), math.nan), ((2, 3, 1), 300.0)]:
+            for percents, weak in [((1.0,), True), ((2.0, 50.0, 99.0), False)]:
+                assert kernels.percentiles(data, steps, above, percents, weak) == \
+                    kernels.percentiles(data.astype(np.float32), steps, above, percents, weak)
+
+
+def test_widen_without_output_gives_the_range_and_block_sums():
+    kernels = _kernels()
+    rng = np.random.default_rng(73)
+    for dtype in (np.int8, np.uint8, np.int16, np.uint16, np.int32):
+        info = np.iinfo(dtype)
+        shape = tuple(int(n) for n in rng.integers(2, 24, 3))
+        steps = tuple(int(rng.integers(1, min(4, n) + 1)) for n in shape)
+        stored = rng.integers(max(info.min, -5000), min(info.max, 5000), shape).astype(dtype)
+        flat = stored.ravel(order="F")
+        out = np.empty(shape, np.float32, order="F")
+        sums, sums_alone = (np.empty([n // s for n, s in zip(shape, steps, strict=True)],
+                                     np.float32) for _ in range(2))
+        both = kernels.widen(flat, out.reshape(-1, order="A"), False, 1.0, False, 0.0, sums,
+                             steps, shape)
+        assert kernels.widen(flat, None, False, 1.0, False, 0.0, sums_alone, steps, shape) == both
+        assert kernels.widen(flat, None, False, 1.0, False, 0.0) == both
+        assert both == (float(stored.min()), float(stored.max()))
+        assert sums_alone.tobytes() == sums.tobytes()
+
+
+@pytest.mark.parametrize("dtype", ["<i2", "<u2", ">i2"])
+def test_stored_integers_go_to_the_same_tensor_without_a_float32_copy(tmp_path, dtype):
+    """load_volume(integers=True) gives int16/uint16 stored without scaling as they are (a
+    view of the bytes); preprocess_volume makes the same tensor and facts of them as of the
+    float32 volume. Scaled or byte-swapped voxels still come as float32."""
+    rng = np.random.default_rng(79)
+    base = rng.normal(600.0, 150.0, (46, 52, 40)).clip(0, 3000)
+    base[:6] = 0.0
+    for k, (slope, inter) in enumerate([(None, None), (2.0, 0.0), (1.0, 10.0)]):
+        header = nib.Nifti1Header()
+        if dtype.startswith(">"):
+            header = header.as_byteswapped(">")  # a big-endian file
+        img = nib.Nifti1Image(base.astype(dtype), np.array([[0.0, 0.0, -3.6, 60.0],
+                                                            [-3.0, 0.4, 0.0, 70.0],
+                                                            [0.3, 3.0, 0.0, -40.0],
+                                                            [0.0, 0.0, 0.0, 1.0]]), header)
+        img.header.set_data_dtype(np.dtype(dtype))
+        img.header.set_slope_inter(slope, inter)
+        path = tmp_path / f"{k}.nii.gz"
+        img.to_filename(path)
+        data, affine, extra = pp.load_volume(path, integers=True)
+        plain, _, plain_extra = pp.load_volume(path)
+        assert plain.dtype == np.float32
+        kept = slope is None and dtype != ">i2"
+        assert data.dtype == (np.dtype(dtype) if kept else np.float32)
+        if kept:
+            assert not data.flags.writeable and np.array_equal(data, plain)
+        assert extra["finite_range"] == plain_extra["finite_range"]
+        for params in (pp.PreprocessingParams(voxel_size=3.0, target_shape=(48, 56, 48)),
+                       pp.PreprocessingParams(preprocessing="none", normalization="zscore")):
+            got = pp.preprocess_volume(data, affine, extra, params)
+            expected = pp.preprocess_volume(plain, affine, plain_extra, params)
+            assert got.data.tobytes() == expected.data.tobytes()
+            assert got.info == expected.info
