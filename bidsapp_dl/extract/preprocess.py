@@ -56,11 +56,6 @@ _BLOCK_MM = 4.0
 _WIDENED = frozenset("bBhHi")
 # stored types that the kernels resample as they are (besides float32)
 _RESAMPLED = frozenset("hH")
-
-
-def _as_stored(data: np.ndarray) -> bool:
-    """Whether the kernels read ``data`` as it is: native int16 or uint16 (and they are built)."""
-    return _kernels is not None and data.dtype.char in _RESAMPLED and data.dtype.isnative
 _HEAD_FRACTION = 0.1
 _STATS_MAX_VOXELS = 2_000_000
 # The smallest field of view taken for an image of a head (a brain is over 100 mm across).
@@ -178,6 +173,11 @@ def decompress(raw: bytes) -> bytes | None:
         return _gunzip(raw) if raw[:2] == _GZIP_MAGIC else raw
     except (EOFError, zlib.error, OSError, ValueError):
         return None
+
+
+def _as_stored(data: np.ndarray) -> bool:
+    """Whether the kernels read ``data`` as it is: native int16 or uint16 (and they are built)."""
+    return _kernels is not None and data.dtype.char in _RESAMPLED and data.dtype.isnative
 
 
 def _read_volume(path: Path, raw: bytes, content: bytes | None = None, integers: bool = False
@@ -391,7 +391,9 @@ def _percentiles(volume: np.ndarray, percents: float | tuple[float, ...], step: 
         if not n:
             return 0, None
         return n, np.float32(values[0]) if weak else np.array(values)
-    values = _picked(volume, step, above).astype(np.float32, copy=False)  # as float32 voxels
+    values = _picked(volume, step, above)
+    if values.dtype.kind in "iu":  # stored integers: as their float32 values
+        values = values.astype(np.float32)
     if not values.size:
         return 0, None
     return values.size, np.percentile(values, percents)
@@ -674,8 +676,9 @@ def preprocess(img: nib.spatialimages.SpatialImage,
 
 def preprocess_volume(data: np.ndarray, affine: np.ndarray, extra: dict,
                       params: PreprocessingParams | None = None) -> Preprocessed:
-    """:func:`preprocess` of a volume as :func:`load_volume` gives it (float32 voxels, the
-    affine, the facts), without a nibabel image in between."""
+    """:func:`preprocess` of a volume as :func:`load_volume` gives it (float32 voxels, or the
+    stored int16/uint16 with ``integers``; the affine, the facts), without a nibabel image in
+    between."""
     params = params or PreprocessingParams()
     name = str(extra.get("source") or "image")
     data = np.asanyarray(data)
