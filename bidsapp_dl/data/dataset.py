@@ -3,7 +3,9 @@
 The participant level stored each image once, uncompressed. Here a volume is opened with
 ``np.load(path, mmap_mode="r")`` the first time one of its samples is asked for, kept open by
 the process that asked (each DataLoader worker maps its own), and an extractor cuts the sample
-out of the map: serving a 50³ patch reads 50³ voxels, not the whole image.
+out of the map: serving a 50³ patch reads 50³ voxels, not the whole image. In image mode,
+where the sample is the whole volume, the file is read straight into the sample's array
+instead: the same single copy, and no map left behind to hold the file's pages.
 """
 
 from __future__ import annotations
@@ -135,6 +137,8 @@ class TensorDataset(torch.utils.data.Dataset):
         largest = max(int(np.prod(shape)) * dtype.itemsize
                       for shape, dtype in zip(self.shapes, self.dtypes))
         self._max_open = len(self.paths) if self.cache else _max_open_maps(largest)
+        # a sample that is the whole volume is read, not mapped (nothing to keep open)
+        self._whole = getattr(extractor, "mode", None) == "image" and not self.cache
         if self.cache:
             for k, path in enumerate(self.paths):
                 self._volumes[k] = np.load(path, allow_pickle=False)
@@ -275,15 +279,27 @@ class TensorDataset(torch.utils.data.Dataset):
                 self._volumes.move_to_end(k)
             return volume
 
+    def _read(self, k: int) -> np.ndarray:
+        """Volume of image ``k`` read from its file into a new array (image mode)."""
+        try:
+            return np.load(self.paths[k], allow_pickle=False)
+        except FileNotFoundError:
+            raise InputMissingError(f"tensor {self.paths[k]} disappeared") from None
+
     def __getitem__(self, key) -> dict[str, Any]:
         seed = None
         if isinstance(key, tuple):
             key, seed = key
         k, s = self._locate(key)
-        sample = self.extractor.extract(self.volume(k), s)
+        if self._whole:  # read into an array of its own: no copy needed below
+            sample = self.extractor.extract(self._read(k), s)
+        else:
+            sample = self.extractor.extract(self.volume(k), s)
         # one copy per sample, contiguous and writable; float16 is widened by torch, whose
         # vectorised conversion is several times faster than numpy's
-        if sample.dtype == np.float16:
+        if self._whole and sample.dtype == np.float32 and sample.flags.c_contiguous:
+            image = torch.from_numpy(sample)
+        elif sample.dtype == np.float16:
             image = torch.from_numpy(np.array(sample, order="C")).float()
         else:
             image = torch.from_numpy(np.array(sample, dtype=np.float32, order="C"))

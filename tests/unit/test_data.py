@@ -221,6 +221,34 @@ def test_volumes_are_memory_mapped_once_per_process(patches, monkeypatch):
         assert len(ds._volumes) <= 2
 
 
+def test_image_mode_reads_whole_volumes_and_keeps_no_map(tmp_path, monkeypatch):
+    """A sample that is the whole volume is read from the file into the sample's own array:
+    nothing stays mapped (no file pages held, whatever the number of images), the values are
+    those of the map, for float32, float16, Fortran-ordered and big-endian files."""
+    volumes = [coded(0, (6, 7, 8)), coded(1, (6, 7, 8)).astype(np.float16),
+               np.asfortranarray(coded(2, (6, 7, 8))), coded(3, (6, 7, 8)).astype(">f4")]
+    table = store(tmp_path, volumes, ["AD", "CN", "AD", "CN"])
+    calls = counting_load(monkeypatch)
+    ds = dataset(tmp_path, table)
+    for _ in range(2):
+        for i, volume in enumerate(volumes):
+            image = ds[i]["image"]
+            assert image.dtype == torch.float32 and image.shape == (1, 6, 7, 8)
+            assert image.is_contiguous() and image.numpy().flags.writeable
+            assert np.array_equal(image[0].numpy(), volume.astype(np.float32))
+    assert calls == [None] * 8 and ds._volumes == {}
+    # a sample is an array of its own: changing it changes nothing that is read later
+    first = ds[0]["image"]
+    first += 1.0
+    assert np.array_equal(ds[0]["image"][0].numpy(), volumes[0])
+    # other modes still map each volume once
+    patches = dataset(tmp_path, table.iloc[[0, 2]].reset_index(drop=True),
+                      make_extractor("patch", patch_size=3, stride=3))
+    for i in range(len(patches)):
+        patches[i]
+    assert calls[10:] == ["r", "r"] and len(patches._volumes) == 2
+
+
 def test_cache_loads_each_volume_once_and_gives_the_same_samples(patches, monkeypatch):
     calls = counting_load(monkeypatch)
     table = pd.DataFrame({"tensor": [str(p.relative_to(patches.root)) for p in patches.paths],
