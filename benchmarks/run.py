@@ -40,7 +40,7 @@ class Plan:
 
     participant_images: int = 12
     participant_nprocs: tuple[int, ...] = (1, 2)
-    participant_repeats: int = 3
+    participant_repeats: int = 5
     loader_images: int = 8
     train_subjects: int = 40
     train_voxel: float = 2.0
