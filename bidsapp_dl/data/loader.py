@@ -183,9 +183,10 @@ class ThreadLoader:
 
     Iterates like a DataLoader over the same sampler (``loader.sampler.set_epoch(e)``) and
     gives the same batches in the same order: each batch is made of ``dataset[key]`` for its
-    keys, collated as a DataLoader does, and pinned when asked. Reading a sample is a copy out
-    of a memory map (numpy and torch release the GIL), so threads read in parallel without
-    the hand-over costs of worker processes; ``2 * num_workers`` batches are kept in flight.
+    keys, collated as a DataLoader does, and pinned when asked. Reading a sample is a read of
+    its file or a copy out of a memory map (numpy and torch release the GIL), so threads read
+    in parallel without the hand-over costs of worker processes; ``2 * num_workers`` batches
+    are kept in flight.
     """
 
     def __init__(self, dataset, batch_size: int, sampler, num_workers: int,
