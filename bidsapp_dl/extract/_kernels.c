@@ -678,8 +678,8 @@ trilinear_oblique_of(const void *in, const Py_ssize_t n[3], const Py_ssize_t s[3
     const Py_ssize_t t[3] = {n[0] > 1 ? s[0] : 0, n[1] > 1 ? s[1] : 0, n[2] > 1 ? s[2] : 0};
     /* below these, the lower neighbour is at most n - 2 and both neighbours exist */
     const double top[3] = {(double)(n[0] - 1), (double)(n[1] - 1), (double)(n[2] - 1)};
-    const double mq[3] = {m[q], m[3 + q], m[6 + q]};
 #ifdef KERNELS_AVX512
+    const double mq[3] = {m[q], m[3 + q], m[6 + q]};  /* one step along q, for the vector code */
     const int s32[3] = {(int)s[0], (int)s[1], (int)s[2]};
     const int t32[3] = {(int)t[0], (int)t[1], (int)t[2]};
 #else
