@@ -42,8 +42,8 @@ def skip_hugepage_hints() -> bool:
     every allocation of 4 MB or more, by default on Linux).
 
     A loop whose buffers :func:`keep_freed_memory` reuses gains nothing from them: the
-    kernels run at the same speed on 4 KB pages (measured on the resampling, where the
-    gathers would feel a TLB), while each huge page is zeroed whole at its first touch, or
+    kernels run at the same speed on 4 KB pages (measured on the resampling, whose oblique
+    reads would feel a TLB), while each huge page is zeroed whole at its first touch, or
     waits on compaction where the machine's ``defrag`` setting is ``madvise`` and free huge
     pages are short; the hint also stays on the heap after the array is freed. At the
     participant level the first touches come with the first images of every lane, and cost

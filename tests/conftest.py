@@ -73,6 +73,7 @@ def axis_aligned_matrix(rng: np.random.Generator, scales: list[float]) -> tuple[
         matrix[perm[c], c] = rng.choice([-1.0, 1.0]) * rng.choice(scales)
     return matrix, perm
 
+
 def validation_errors(dataset: Path) -> list[str]:
     """Errors that bids-validator-deno finds in a dataset (warnings ignored)."""
     run = subprocess.run([validator_command(), str(dataset), "--format", "json"],

@@ -217,7 +217,6 @@ def _read_volume(path: Path, raw: bytes, content: bytes | None = None, integers:
     if _kernels is not None and stored.size and stored.dtype.isnative and stored.dtype.char in _WIDENED:
         # converted, scaled and its range taken in one pass (the same float32 values), and the
         # head finder's block sums with them, line by line while each is in the cache
-        data = np.empty(shape, np.float32, order="F")
         native = stored.view(stored.dtype.newbyteorder("="))  # a plain type code for C
         volume = shape[:3] if len(shape) == 3 or (len(shape) == 4 and shape[3] == 1) else None
         blocks = None
@@ -229,6 +228,7 @@ def _read_volume(path: Path, raw: bytes, content: bytes | None = None, integers:
         if integers and not (scale or shift) and native.dtype.char in _RESAMPLED:
             low, high = _kernels.widen(native, None, False, 1.0, False, 0.0, *extra)
             return native.reshape(shape, order="F"), affine, dtype, (low, high), blocks
+        data = np.empty(shape, np.float32, order="F")
         low, high = _kernels.widen(native, data.reshape(-1, order="A"), scale,
                                    float(np.float32(slope)) if scale else 1.0, shift,
                                    float(np.float32(inter)) if shift else 0.0, *extra)
